@@ -20,3 +20,13 @@ def test_atomic_open_rejects_read_modes(tmp_path):
     with pytest.raises(ValueError, match="write modes"):
         with atomic_open(tmp_path / "x", "r"):
             pass
+
+
+def test_atomic_write_uses_normal_file_permissions(tmp_path):
+    import os
+
+    target = tmp_path / "results.md"
+    atomic_write_json(target, [])
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (target.stat().st_mode & 0o777) == (0o666 & ~mask)

@@ -25,6 +25,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     if encoding is None and "b" not in mode:
         encoding = "utf-8"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # mkstemp creates 0600 files; give the result the permissions a plain open() would have.
+    os.chmod(tmp_name, 0o666 & ~_current_umask())
     try:
         with os.fdopen(fd, mode, encoding=encoding) as handle:
             yield handle
@@ -35,6 +37,12 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
