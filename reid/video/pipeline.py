@@ -1,0 +1,170 @@
+"""The per-frame loop: read -> detect (every k-th frame) -> embed -> track -> finished tracks to a gallery.
+
+Detection is the expensive step, so it runs on every ``detect_every``-th frame only; the tracker's Kalman
+filters carry the boxes in between. Features and crop qualities are computed for detection frames only,
+in one batch per frame. A track that ends (or is still open when the video ends) goes to the gallery with
+its best crops and its track-level feature if it was seen often enough to be a person rather than noise;
+the gallery answers with the identity id used in ``identities.txt`` and in the annotations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm import tqdm
+
+from reid.gallery import CropEntry, GalleryStore
+from reid.video.detection import Detections, Detector
+from reid.video.embedder import Embedder
+from reid.video.evidence import Observation, TrackEvidence
+from reid.video.quality import QualityConfig, crop_quality
+from reid.video.reader import VideoInfo, VideoReader
+from reid.video.tracking import Track, Tracker, TrackerConfig, TrackerStep, track_rows
+
+logger = logging.getLogger(__name__)
+
+LiveBoxes = list[tuple[int, np.ndarray]]
+"""(track_id, box_xywh) of the confirmed tracks in the current frame."""
+FrameCallback = Callable[[int, np.ndarray, LiveBoxes], None]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """``min_track_detections``: matched detections a track needs to enter the gallery;
+    ``crops_per_track``: crops stored per track; ``evidence_capacity``: best observations averaged into the
+    track feature; ``max_interpolation_gap``: longest run of frames filled between two detections."""
+
+    detect_every: int = 3
+    min_track_detections: int = 5
+    crops_per_track: int = 4
+    evidence_capacity: int = 8
+    max_interpolation_gap: int = 30
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+
+    def __post_init__(self) -> None:
+        if self.detect_every < 1:
+            raise ValueError(f"detect_every must be >= 1, got {self.detect_every}")
+        if self.crops_per_track < 1 or self.evidence_capacity < self.crops_per_track:
+            raise ValueError("need 1 <= crops_per_track <= evidence_capacity")
+
+
+@dataclass(frozen=True)
+class FinishedTrack:
+    """A track of this run; ``identity_id`` is None when it was too short to enter the gallery."""
+
+    track_id: int
+    identity_id: int | None
+    is_new_identity: bool
+    match_distance: float | None
+    rows: list[tuple[int, np.ndarray, float]]
+    crop_paths: list[str]
+
+
+@dataclass
+class VideoRunResult:
+    info: VideoInfo
+    video_id: int
+    frames_read: int = 0
+    seconds: float = 0.0
+    detection_frames: int = 0
+    detections: int = 0
+    tracks: list[FinishedTrack] = field(default_factory=list)
+
+    @property
+    def gallery_tracks(self) -> list[FinishedTrack]:
+        return [t for t in self.tracks if t.identity_id is not None]
+
+
+def crop_boxes(frame: np.ndarray, boxes: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Pixel crops of the boxes (rounded, clipped); also the mask of boxes big enough to crop (>= 2x2 px)."""
+    height, width = frame.shape[:2]
+    crops, keep = [], []
+    for x, y, w, h in np.asarray(boxes, dtype=np.float64).reshape(-1, 4):
+        x1, y1 = max(int(round(x)), 0), max(int(round(y)), 0)
+        x2, y2 = min(int(round(x + w)), width), min(int(round(y + h)), height)
+        ok = x2 - x1 >= 2 and y2 - y1 >= 2
+        keep.append(ok)
+        if ok:
+            crops.append(frame[y1:y2, x1:x2])
+    return crops, np.asarray(keep, dtype=bool)
+
+
+class VideoToGallery:
+    """Runs one video through detection, tracking and embedding into ``store`` (an open GalleryStore)."""
+
+    def __init__(self, detector: Detector, embedder: Embedder, store: GalleryStore, *, camera_id: int = 0,
+                 config: PipelineConfig | None = None) -> None:
+        if store.feature_dim != embedder.feature_dim:
+            raise ValueError(f"gallery {store.root} holds {store.feature_dim}-d features but the embedder "
+                             f"{embedder.model_name} gives {embedder.feature_dim}-d ones")
+        self.detector = detector
+        self.embedder = embedder
+        self.store = store
+        self.camera_id = int(camera_id)
+        self.config = config or PipelineConfig()
+
+    def run(self, reader: VideoReader, *, on_frame: FrameCallback | None = None,
+            progress: bool = True) -> VideoRunResult:
+        info = reader.info
+        video_id = self.store.register_video(info.source, camera_id=self.camera_id, fps=info.fps,
+                                             num_frames=info.num_frames, width=info.width, height=info.height)
+        result = VideoRunResult(info=info, video_id=video_id)
+        tracker = Tracker(self.config.tracker)
+        evidence: dict[int, TrackEvidence] = {}
+        start = time.perf_counter()
+        total = info.num_frames if reader.max_frames is None else min(info.num_frames or reader.max_frames,
+                                                                         reader.max_frames)
+        for index, frame in tqdm(reader, total=total, desc="frames", unit="frame", disable=not progress):
+            if index % self.config.detect_every == 0:
+                step = self._detect_and_track(tracker, evidence, index, frame, info.fps, result)
+            else:
+                step = tracker.step(index)
+            for track in step.finished:
+                self._finish(track, evidence.pop(track.track_id, None), result)
+            if on_frame is not None:
+                on_frame(index, frame, [(t.track_id, t.box) for t in tracker.tracks if t.confirmed])
+            result.frames_read = index + 1
+        for track in tracker.finish_all():
+            self._finish(track, evidence.pop(track.track_id, None), result)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _detect_and_track(self, tracker: Tracker, evidence: dict[int, TrackEvidence], index: int,
+                          frame: np.ndarray, fps: float, result: VideoRunResult) -> TrackerStep:
+        detections: Detections = self.detector(frame, index)
+        crops, keep = crop_boxes(frame, detections.boxes)
+        detections = detections.select(keep)
+        features = self.embedder(crops)
+        quality = crop_quality(crops, detections.boxes, detections.scores, frame.shape, self.config.quality)
+        step = tracker.step(index, detections.boxes, detections.scores, features)
+        result.detection_frames += 1
+        result.detections += len(detections)
+        for track_id, d in step.matches:
+            bank = evidence.setdefault(track_id, TrackEvidence(self.config.evidence_capacity))
+            box = tuple(float(v) for v in detections.boxes[d])
+            bank.offer(Observation(index, index / fps, box, float(detections.scores[d]), float(quality[d]),
+                                   features[d], crops[d].copy()))
+        return step
+
+    def _finish(self, track: Track, bank: TrackEvidence | None, result: VideoRunResult) -> None:
+        rows = track_rows(track, self.config.max_interpolation_gap)
+        if bank is None or len(track.observations) < self.config.min_track_detections:
+            result.tracks.append(FinishedTrack(track.track_id, None, False, None, rows, []))
+            return
+        crops = [
+            CropEntry(image=obs.crop, frame_index=obs.frame_index, timestamp_s=obs.timestamp_s,
+                      box_xywh=obs.box_xywh, det_score=obs.det_score, quality=obs.quality,
+                      feature=obs.feature)
+            for obs in bank.best(self.config.crops_per_track)
+        ]
+        added = self.store.add_track(result.video_id, self.camera_id, track.track_id, crops,
+                                     bank.track_feature(), first_frame=rows[0][0], last_frame=rows[-1][0])
+        logger.debug("track %d -> identity %d (%s)", track.track_id, added.identity_id,
+                     "new" if added.is_new_identity else f"distance {added.distance:.3f}")
+        result.tracks.append(FinishedTrack(track.track_id, added.identity_id, added.is_new_identity,
+                                           added.distance, rows, list(added.crop_paths)))

@@ -1,0 +1,289 @@
+"""Multi-person tracking by detection: Kalman motion, IoU + appearance association, births, deaths, re-finds.
+
+Per frame every track's constant-velocity Kalman filter predicts where its person is. On frames that have
+detections (every frame, or every k-th with a detection stride) they are associated in three rounds, each a
+Hungarian assignment (``scipy.optimize.linear_sum_assignment``) over a gated cost:
+
+1. tracks seen recently vs detections: cost mixes ``1 - IoU`` of the predicted box with the appearance
+   distance; pairs with too little overlap or too different a look are forbidden;
+2. lost tracks (unseen for a while, but confirmed) vs the leftovers: re-activation when the person could
+   have walked from where the track was last seen to the detection in the elapsed time (at most
+   ``max_speed`` box heights per frame, similar box size) *and* the detection looks like the track - so a
+   person who was occluded keeps their id instead of getting a new one;
+3. leftover detections start tentative tracks.
+
+A tentative track is confirmed after ``n_init`` matched detections and dropped if it misses one before;
+a confirmed track that stays unmatched for ``max_age`` frames ends and is reported as finished.
+Motion is modelled in ``(cx, cy, aspect, height)`` with noise proportional to the box height, the usual
+choice for pedestrians whose apparent size changes with distance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from reid.video.boxes import iou_matrix
+
+_INFEASIBLE = 1e6
+
+
+def xywh_to_xyah(box: np.ndarray) -> np.ndarray:
+    x, y, w, h = np.asarray(box, dtype=np.float64)
+    return np.array([x + w / 2, y + h / 2, w / max(h, 1e-6), h])
+
+
+def xyah_to_xywh(state: np.ndarray) -> np.ndarray:
+    cx, cy, a, h = state[:4]
+    w = a * h
+    return np.array([cx - w / 2, cy - h / 2, w, h])
+
+
+class KalmanBoxFilter:
+    """Constant-velocity Kalman filter over ``(cx, cy, a, h)`` and their velocities (per frame)."""
+
+    _POS_STD = 1.0 / 20
+    _VEL_STD = 1.0 / 160
+
+    def __init__(self, box_xywh: np.ndarray) -> None:
+        measurement = xywh_to_xyah(box_xywh)
+        self.mean = np.r_[measurement, np.zeros(4)]
+        h = measurement[3]
+        std = np.array([2 * self._POS_STD * h, 2 * self._POS_STD * h, 1e-2, 2 * self._POS_STD * h,
+                        10 * self._VEL_STD * h, 10 * self._VEL_STD * h, 1e-5, 10 * self._VEL_STD * h])
+        self.cov = np.diag(std**2)
+        self._motion = np.eye(8)
+        self._motion[:4, 4:] = np.eye(4)
+        self._observe = np.eye(4, 8)
+
+    def predict(self) -> None:
+        h = self.mean[3]
+        std = np.array([self._POS_STD * h, self._POS_STD * h, 1e-2, self._POS_STD * h,
+                        self._VEL_STD * h, self._VEL_STD * h, 1e-5, self._VEL_STD * h])
+        self.mean = self._motion @ self.mean
+        self.cov = self._motion @ self.cov @ self._motion.T + np.diag(std**2)
+        self.mean[3] = max(self.mean[3], 1.0)
+
+    def _projected(self) -> tuple[np.ndarray, np.ndarray]:
+        h = self.mean[3]
+        noise = np.diag(np.array([self._POS_STD * h, self._POS_STD * h, 1e-1, self._POS_STD * h]) ** 2)
+        return self._observe @ self.mean, self._observe @ self.cov @ self._observe.T + noise
+
+    def update(self, box_xywh: np.ndarray) -> None:
+        projected_mean, projected_cov = self._projected()
+        gain = np.linalg.solve(projected_cov, self._observe @ self.cov).T
+        self.mean = self.mean + gain @ (xywh_to_xyah(box_xywh) - projected_mean)
+        self.cov = self.cov - gain @ projected_cov @ gain.T
+
+    @property
+    def box(self) -> np.ndarray:
+        return xyah_to_xywh(self.mean)
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Frame counts are video frames. ``min_iou``/``max_appearance`` gate round 1; ``reactivate_appearance``
+    and ``max_speed`` gate round 2 (appearance distances are cosine distances, 0..2). The defaults were tuned
+    on PETS 2009 S2.L1 with Faster R-CNN detections and the handcrafted descriptor."""
+
+    n_init: int = 5
+    max_age: int = 60
+    lost_after: int = 8
+    iou_weight: float = 0.2
+    min_iou: float = 0.1
+    max_appearance: float = 0.3
+    reactivate_appearance: float = 0.16
+    new_track_score: float = 0.0
+    feature_momentum: float = 0.8
+    max_speed: float = 0.08
+
+
+@dataclass
+class Track:
+    """One followed person. ``observations``: (frame_index, box_xywh, score) of every matched detection."""
+
+    track_id: int
+    kalman: KalmanBoxFilter
+    feature: np.ndarray | None
+    confirmed: bool = False
+    hits: int = 1
+    last_matched_frame: int = 0
+    observations: list[tuple[int, np.ndarray, float]] = field(default_factory=list)
+
+    @property
+    def box(self) -> np.ndarray:
+        return self.kalman.box
+
+    @property
+    def first_frame(self) -> int:
+        return self.observations[0][0]
+
+
+@dataclass(frozen=True)
+class TrackerStep:
+    """What one frame did: ``matches`` pairs (track_id, detection index); ``finished`` tracks ended now."""
+
+    matches: list[tuple[int, int]]
+    finished: list[Track]
+
+
+def cosine_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """1 - cosine similarity between rows (features need not be normalised)."""
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return 1.0 - a @ b.T
+
+
+def _assign(cost: np.ndarray) -> list[tuple[int, int]]:
+    """Hungarian assignment that never returns an infeasible (non-finite) pair."""
+    if cost.size == 0:
+        return []
+    finite = np.isfinite(cost)
+    rows, cols = linear_sum_assignment(np.where(finite, cost, _INFEASIBLE))
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if finite[r, c]]
+
+
+class Tracker:
+    """Call :meth:`step` once per video frame, with detections or ``None`` on frames not detected."""
+
+    def __init__(self, config: TrackerConfig | None = None) -> None:
+        self.config = config or TrackerConfig()
+        self.tracks: list[Track] = []
+        self._next_id = 1
+
+    @staticmethod
+    def _appearance(tracks: list[Track], features: np.ndarray | None) -> np.ndarray:
+        """Appearance distances (tracks x detections); 0 (neutral) for a track without a feature yet."""
+        if features is None:
+            return np.zeros((len(tracks), 0))
+        dist = np.zeros((len(tracks), len(features)))
+        known = [i for i, t in enumerate(tracks) if t.feature is not None]
+        if known and len(features):
+            dist[known] = cosine_distances(np.stack([tracks[i].feature for i in known]), features)
+        return dist
+
+    def step(self, frame_index: int, boxes: np.ndarray | None = None, scores: np.ndarray | None = None,
+             features: np.ndarray | None = None) -> TrackerStep:
+        for track in self.tracks:
+            track.kalman.predict()
+        if boxes is None:
+            return TrackerStep([], [])
+        cfg = self.config
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        scores = np.ones(len(boxes)) if scores is None else np.asarray(scores, dtype=np.float64)
+        unmatched = list(range(len(boxes)))
+        matches: list[tuple[int, int]] = []
+
+        recent = [t for t in self.tracks if frame_index - t.last_matched_frame <= cfg.lost_after]
+        lost = [t for t in self.tracks if t.confirmed and frame_index - t.last_matched_frame > cfg.lost_after]
+
+        # Round 1: overlap with the predicted box, vetoed by appearance.
+        if recent and unmatched:
+            det = np.asarray(unmatched)
+            iou = iou_matrix(np.stack([t.box for t in recent]), boxes[det])
+            app = self._appearance(recent, None if features is None else features[det])
+            if app.shape[1] == 0:
+                app = np.zeros_like(iou)
+            cost = cfg.iou_weight * (1 - iou) + (1 - cfg.iou_weight) * app
+            cost[(iou < cfg.min_iou) | (app > cfg.max_appearance)] = np.inf
+            for r, c in _assign(cost):
+                matches.append((recent[r].track_id, int(det[c])))
+            used = {d for _, d in matches}
+            unmatched = [d for d in unmatched if d not in used]
+
+        # Round 2: re-find lost tracks by appearance inside their motion uncertainty.
+        if lost and unmatched and features is not None:
+            det = np.asarray(unmatched)
+            app = self._appearance(lost, features[det])
+            cost = app.copy()
+            for i, track in enumerate(lost):
+                cost[i, ~self._reachable(track, boxes[det], frame_index)] = np.inf
+            cost[app > cfg.reactivate_appearance] = np.inf
+            for r, c in _assign(cost):
+                matches.append((lost[r].track_id, int(det[c])))
+            used = {d for _, d in matches}
+            unmatched = [d for d in unmatched if d not in used]
+
+        by_id = {t.track_id: t for t in self.tracks}
+        for track_id, d in matches:
+            self._update(by_id[track_id], frame_index, boxes[d], float(scores[d]),
+                         None if features is None else features[d])
+
+        matched_ids = {track_id for track_id, _ in matches}
+        finished: list[Track] = []
+        survivors: list[Track] = []
+        for track in self.tracks:
+            missed = track.track_id not in matched_ids
+            if missed and not track.confirmed:
+                continue  # a tentative track must be seen on every detection frame until confirmed
+            if missed and frame_index - track.last_matched_frame > cfg.max_age:
+                finished.append(track)
+                continue
+            survivors.append(track)
+        self.tracks = survivors
+
+        for d in unmatched:
+            if scores[d] < cfg.new_track_score:
+                continue
+            track = Track(self._next_id, KalmanBoxFilter(boxes[d]), None, last_matched_frame=frame_index)
+            self._next_id += 1
+            self._observe(track, frame_index, boxes[d], float(scores[d]),
+                          None if features is None else features[d])
+            track.confirmed = cfg.n_init <= 1
+            self.tracks.append(track)
+            matches.append((track.track_id, d))
+        return TrackerStep(matches, finished)
+
+    def _reachable(self, track: Track, boxes: np.ndarray, frame_index: int) -> np.ndarray:
+        """Could the person of a lost track have walked to each box since it was last seen?"""
+        _, last_box, _ = track.observations[-1]
+        gap = frame_index - track.last_matched_frame
+        centre = last_box[:2] + last_box[2:] / 2
+        centres = boxes[:, :2] + boxes[:, 2:] / 2
+        reach = last_box[3] * (0.5 + self.config.max_speed * gap)
+        scale = boxes[:, 3] / last_box[3]
+        return (np.linalg.norm(centres - centre, axis=1) <= reach) & (scale > 0.67) & (scale < 1.5)
+
+    def _observe(self, track: Track, frame_index: int, box: np.ndarray, score: float,
+                 feature: np.ndarray | None) -> None:
+        track.observations.append((frame_index, np.asarray(box, dtype=np.float64).copy(), score))
+        track.last_matched_frame = frame_index
+        if feature is not None:
+            feature = feature / max(float(np.linalg.norm(feature)), 1e-12)
+            if track.feature is None:
+                track.feature = feature.astype(np.float64)
+            else:
+                m = self.config.feature_momentum
+                track.feature = m * track.feature + (1 - m) * feature
+                track.feature /= max(float(np.linalg.norm(track.feature)), 1e-12)
+
+    def _update(self, track: Track, frame_index: int, box: np.ndarray, score: float,
+                feature: np.ndarray | None) -> None:
+        track.kalman.update(box)
+        track.hits += 1
+        if track.hits >= self.config.n_init:
+            track.confirmed = True
+        self._observe(track, frame_index, box, score, feature)
+
+    def finish_all(self) -> list[Track]:
+        """End every confirmed track (the video is over); tentative ones are dropped."""
+        finished = [t for t in self.tracks if t.confirmed]
+        self.tracks = []
+        return finished
+
+
+def track_rows(track: Track, max_gap: int = 30) -> list[tuple[int, np.ndarray, float]]:
+    """The track's boxes for every frame from its first to its last detection: matched boxes as they are,
+    frames between two matches (up to ``max_gap`` apart) filled by linear interpolation."""
+    rows: list[tuple[int, np.ndarray, float]] = []
+    observations = track.observations
+    for (f0, b0, s0), (f1, b1, _) in zip(observations[:-1], observations[1:], strict=True):
+        rows.append((f0, b0, s0))
+        if f1 - f0 <= max_gap:
+            for f in range(f0 + 1, f1):
+                t = (f - f0) / (f1 - f0)
+                rows.append((f, (1 - t) * b0 + t * b1, 0.0))
+    rows.append(observations[-1])
+    return rows

@@ -1,0 +1,120 @@
+"""tools/demo_video.py end to end on the shipped clip, and its handling of bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from reid.gallery import GalleryStore
+from reid.video.descriptor import DESCRIPTOR_NAME, FEATURE_DIM
+from reid.video.mot_io import read_mot_file
+from reid.video.reader import VideoReader, VideoSourceError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "tools" / "demo_video.py"
+
+
+def demo(*args):
+    return subprocess.run(
+        [sys.executable, str(DEMO), *map(str, args), "--quiet"], capture_output=True, text=True, timeout=300
+    )
+
+
+def write_clip(path, frames, size=(160, 120), fourcc="MJPG"):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10.0, size)
+    assert writer.isOpened()
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_demo_on_shipped_clip_writes_everything_and_appends_to_gallery(tmp_path):
+    gallery, out1, out2 = tmp_path / "gallery", tmp_path / "run1", tmp_path / "run2"
+    first = demo("--gallery", gallery, "--output", out1, "--max-frames", 30, "--detect-every", 2)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads((out1 / "summary.json").read_text())
+    assert summary["frames_read"] == 30 and summary["fps_end_to_end"] > 0
+    assert summary["identities_created"] >= 1 and summary["gallery_tracks"] >= 1
+    assert summary["settings"]["detector"] == "hog" and summary["settings"]["detect_every"] == 2
+    tracks, identities = read_mot_file(out1 / "tracks.txt"), read_mot_file(out1 / "identities.txt")
+    assert len(tracks) > 0 and tracks.frames.max() < 30
+    assert set(identities.ids.tolist()) <= set(range(1, summary["gallery"]["identities"] + 1))
+    sheet = cv2.imread(str(out1 / "contact_sheet.png"))
+    assert sheet is not None and sheet.shape[0] >= summary["identities_in_run"] * 128
+    with VideoReader(out1 / summary["outputs"]["annotated_video"]) as reader:
+        assert reader.info.num_frames == 30 and (reader.info.width, reader.info.height) == (768, 576)
+
+    # A second video (here: the same clip again, camera 1) is appended and its people are recognised.
+    second = demo(
+        "--gallery", gallery, "--output", out2, "--max-frames", 30, "--detect-every", 2, "--camera-id", 1
+    )
+    assert second.returncode == 0, second.stderr
+    again = json.loads((out2 / "summary.json").read_text())
+    assert again["identities_matched"] >= 1
+    with GalleryStore.open(
+        gallery, model_name=DESCRIPTOR_NAME, feature_dim=FEATURE_DIM, create=False
+    ) as store:
+        assert store.num_tracks == summary["gallery_tracks"] + again["gallery_tracks"]
+        crops = sorted((gallery / "crops").rglob("*.jpg"))
+        assert len(crops) == store.num_entries > 0
+        assert "_c1s2_" in " ".join(p.name for p in crops)  # Market-1501 style: camera 1, video 2
+
+
+def test_video_without_people(tmp_path):
+    clip = write_clip(tmp_path / "empty.avi", [np.full((120, 160, 3), 90, np.uint8)] * 12)
+    result = demo(clip, "--gallery", tmp_path / "g", "--output", tmp_path / "out", "--detect-every", 1)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["frames_read"] == 12 and summary["tracks"] == 0 and summary["identities_in_run"] == 0
+    assert (tmp_path / "out" / "tracks.txt").read_text() == ""
+    assert cv2.imread(str(tmp_path / "out" / "contact_sheet.png")) is not None
+
+
+def test_odd_frame_size_is_read(tmp_path):
+    clip = write_clip(
+        tmp_path / "odd.avi", [np.full((77, 101, 3), i, np.uint8) for i in range(5)], size=(101, 77)
+    )
+    with VideoReader(clip) as reader:
+        frames = list(reader)
+        size = (reader.info.height, reader.info.width)
+    # The encoder may round an odd size down to even; the reader reports and keeps whatever it decodes.
+    assert len(frames) == 5 and size[0] in (76, 77) and size[1] in (100, 101)
+    assert all(frame.shape == (*size, 3) for _, frame in frames)
+
+
+@pytest.mark.parametrize("case", ["missing", "not_a_video", "zero_frames", "bad_detections"])
+def test_bad_input_fails_clearly_and_leaves_no_gallery(tmp_path, case):
+    video = tmp_path / "clip.avi"
+    extra = []
+    if case == "not_a_video":
+        video.write_text("this is not a video\n")
+    elif case == "zero_frames":
+        write_clip(video, [])
+    elif case == "bad_detections":
+        write_clip(video, [np.zeros((120, 160, 3), np.uint8)] * 3)
+        det = tmp_path / "det.txt"
+        det.write_text("1,-1,1,2,3,4,0.9\n2,-1,1,2,3\n")
+        extra = ["--detections", det]
+    result = demo(video, "--gallery", tmp_path / "g", "--output", tmp_path / "out", *extra)
+    assert result.returncode == 2
+    expected = {
+        "missing": "not found",
+        "not_a_video": "clip.avi",
+        "zero_frames": "clip.avi",
+        "bad_detections": "det.txt:2",
+    }[case]
+    assert expected in result.stderr
+    assert not (tmp_path / "g").exists() and not (tmp_path / "out" / "summary.json").exists()
+
+
+def test_reader_rejects_missing_and_undecodable(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        VideoReader(tmp_path / "nope.mp4")
+    (tmp_path / "x.mp4").write_bytes(b"\0" * 100)
+    with pytest.raises(VideoSourceError, match="x.mp4"):
+        VideoReader(tmp_path / "x.mp4")

@@ -1,0 +1,78 @@
+"""Handcrafted descriptor, crop quality and per-track evidence."""
+
+import cv2
+import numpy as np
+import pytest
+
+from reid.video.descriptor import FEATURE_DIM, describe_crops
+from reid.video.embedder import HandcraftedEmbedder, build_embedder
+from reid.video.evidence import Observation, TrackEvidence
+from reid.video.quality import crop_quality, occlusion_fractions
+from reid.video.tracking import cosine_distances
+
+
+def person(top, bottom, seed=0, size=(96, 40)):
+    rng = np.random.default_rng(seed)
+    crop = np.empty((*size, 3), np.uint8)
+    crop[: size[0] // 2] = top
+    crop[size[0] // 2 :] = bottom
+    noise = rng.integers(-8, 8, crop.shape)
+    return np.clip(crop.astype(int) + noise, 0, 255).astype(np.uint8)
+
+
+def test_descriptor_properties():
+    red_blue = person((0, 0, 200), (200, 0, 0))
+    feats = describe_crops(
+        [
+            red_blue,
+            red_blue.copy(),
+            person((0, 0, 200), (200, 0, 0), seed=5, size=(120, 50)),
+            person((200, 0, 0), (0, 0, 200)),
+        ]
+    )
+    assert feats.shape == (4, FEATURE_DIM) and feats.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
+    d = cosine_distances(feats, feats)
+    assert d[0, 1] == pytest.approx(0.0, abs=1e-6)  # same crop -> distance 0
+    assert d[0, 2] < 0.1 < d[0, 3]  # same clothes at another size vs. swapped colours (stripes matter)
+    assert (feats >= 0).all()  # square-rooted histograms
+
+
+def test_descriptor_rejects_bad_crops_and_handles_empty():
+    assert describe_crops([]).shape == (0, FEATURE_DIM)
+    with pytest.raises(ValueError, match="crop 1"):
+        describe_crops([person(1, 2), np.zeros((1, 5, 3), np.uint8)])
+
+
+def test_embedders():
+    emb = build_embedder(None)
+    assert isinstance(emb, HandcraftedEmbedder) and emb.feature_dim == FEATURE_DIM
+    assert emb([person(10, 20)]).shape == (1, FEATURE_DIM)
+    with pytest.raises(Exception, match="nope"):
+        build_embedder("/nonexistent/nope.pt")
+
+
+def test_quality_prefers_sharp_big_unoccluded_inside():
+    sharp = person((0, 0, 200), (200, 200, 200), size=(100, 40))
+    sharp[::4] = 0  # stripes: strong edges
+    blurred = cv2.GaussianBlur(sharp, (15, 15), 5)
+    boxes = np.array([[100, 100, 40, 100], [300, 100, 40, 100], [500, 100, 20, 50], [0, 100, 40, 100]], float)
+    crops = [sharp, blurred, cv2.resize(sharp, (20, 50)), sharp]
+    q = crop_quality(crops, boxes, np.ones(4), (480, 640, 3))
+    assert q[0] > q[1]  # sharpness
+    assert q[0] > q[2]  # size
+    assert q[0] > q[3]  # truncated by the left border
+    assert ((q >= 0) & (q <= 1)).all()
+    # The box behind (higher bottom edge is further away) is occluded by the one in front, not vice versa.
+    occ = occlusion_fractions(np.array([[0, 0, 10, 20], [5, 5, 10, 20]], float))
+    assert occ[0] == pytest.approx(0.375) and occ[1] == 0.0
+
+
+def test_evidence_keeps_best_and_weights_feature():
+    bank = TrackEvidence(capacity=3)
+    for i, q in enumerate([0.1, 0.9, 0.5, 0.7, 0.2]):
+        feature = np.eye(4, dtype=np.float32)[i % 4]
+        bank.offer(Observation(i, i / 10, (0, 0, 1, 1), 1.0, q, feature, np.zeros((2, 2, 3), np.uint8)))
+    assert [o.quality for o in bank.best()] == [0.9, 0.7, 0.5]
+    expected = 0.9 * np.eye(4)[1] + 0.7 * np.eye(4)[3] + 0.5 * np.eye(4)[2]
+    np.testing.assert_allclose(bank.track_feature(), expected / np.linalg.norm(expected), rtol=1e-5)

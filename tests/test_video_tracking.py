@@ -1,0 +1,98 @@
+"""Tracker behaviour on generated walkers: one id per walker, ids kept through crossings and gaps."""
+
+import numpy as np
+
+from reid.video.descriptor import describe_crops
+from reid.video.tracking import KalmanBoxFilter, Tracker, TrackerConfig, track_rows
+
+
+def walker_box(start, velocity, frame, size=(30.0, 80.0)):
+    x, y = np.asarray(start) + frame * np.asarray(velocity)
+    return np.array([x, y, *size])
+
+
+def colour_crop(bgr, seed):
+    rng = np.random.default_rng(seed)
+    crop = np.zeros((80, 30, 3), np.uint8)
+    crop[:40] = bgr
+    crop[40:] = (np.asarray(bgr) // 3).astype(np.uint8)
+    return np.clip(crop.astype(int) + rng.integers(-10, 10, crop.shape), 0, 255).astype(np.uint8)
+
+
+def run_tracker(walkers, frames, detect_every=1, drop=lambda f, w: False, config=None):
+    tracker = Tracker(config or TrackerConfig())
+    finished = []
+    for f in range(frames):
+        if f % detect_every:
+            finished += tracker.step(f).finished
+            continue
+        present = [w for w in range(len(walkers)) if not drop(f, w)]
+        boxes = np.array([walker_box(*walkers[w][:2], f) for w in present]).reshape(-1, 4)
+        feats = describe_crops([colour_crop(walkers[w][2], f * 10 + w) for w in present])
+        step = tracker.step(f, boxes, np.ones(len(present)), feats)
+        finished += step.finished
+    return finished + tracker.finish_all()
+
+
+def majority_ids(tracks, walkers, frames):
+    """For each walker, the set of track ids whose boxes sit on it."""
+    owners = {w: set() for w in range(len(walkers))}
+    for track in tracks:
+        for f, box, _ in track.observations:
+            dists = [np.abs(box - walker_box(*walkers[w][:2], f)).sum() for w in range(len(walkers))]
+            owners[int(np.argmin(dists))].add(track.track_id)
+    return owners
+
+
+def test_kalman_learns_constant_velocity():
+    kf = KalmanBoxFilter(np.array([0.0, 0.0, 20.0, 50.0]))
+    for f in range(1, 30):
+        kf.predict()
+        kf.update(np.array([3.0 * f, 1.0 * f, 20.0, 50.0]))
+    kf.predict()
+    np.testing.assert_allclose(kf.box, [90.0, 30.0, 20.0, 50.0], atol=1.0)
+
+
+def test_one_track_per_walker_with_detection_stride():
+    walkers = [
+        ((0, 50), (4, 0), (0, 0, 200)),
+        ((600, 250), (-4, 0), (200, 0, 0)),
+        ((300, 400), (0, -3), (0, 200, 0)),
+    ]
+    tracks = run_tracker(walkers, 60, detect_every=3)
+    owners = majority_ids(tracks, walkers, 60)
+    assert all(len(ids) == 1 for ids in owners.values()), owners
+    assert len({next(iter(ids)) for ids in owners.values()}) == 3
+
+
+def test_crossing_walkers_keep_their_ids():
+    # Two differently dressed people cross at frame 40; the overlap is resolved by appearance and motion.
+    walkers = [((100, 100), (5, 0), (0, 0, 220)), ((500, 105), (-5, 0), (220, 120, 0))]
+    tracks = run_tracker(walkers, 80)
+    owners = majority_ids(tracks, walkers, 80)
+    assert all(len(ids) == 1 for ids in owners.values()), owners
+    assert owners[0] != owners[1]
+
+
+def test_occluded_walker_is_refound():
+    # Walker 0 is not detected for 15 frames (occlusion) and must come back with the same id.
+    walkers = [((100, 100), (3, 0), (30, 30, 200)), ((100, 300), (3, 0), (200, 200, 30))]
+    tracks = run_tracker(walkers, 70, drop=lambda f, w: w == 0 and 30 <= f < 45)
+    owners = majority_ids(tracks, walkers, 70)
+    assert len(owners[0]) == 1 and len(owners[1]) == 1, owners
+    (track,) = [t for t in tracks if t.track_id in owners[0]]
+    rows = track_rows(track)
+    assert [r[0] for r in rows] == list(range(rows[0][0], 70))  # the gap is filled by interpolation
+    np.testing.assert_allclose(rows[37 - rows[0][0]][1], walker_box((100, 100), (3, 0), 37), atol=1e-6)
+
+
+def test_short_false_alarm_never_confirmed():
+    walkers = [((0, 50), (4, 0), (0, 0, 200))]
+    tracker = Tracker(TrackerConfig(n_init=3))
+    for f in range(10):
+        boxes = [walker_box(*walkers[0][:2], f)]
+        if f == 4:  # one spurious box far away
+            boxes.append(np.array([500.0, 400.0, 30.0, 80.0]))
+        tracker.step(f, np.array(boxes), np.ones(len(boxes)), None)
+    finished = tracker.finish_all()
+    assert len(finished) == 1 and len(finished[0].observations) == 10
