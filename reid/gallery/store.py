@@ -507,11 +507,14 @@ class GalleryStore:
         *,
         first_frame: int | None = None,
         last_frame: int | None = None,
+        match_threshold: float | None = None,
     ) -> AddTrackResult:
         """Store a finished track and assign it an identity, all in one transaction.
 
         ``first_frame``/``last_frame``: the frames the track spans in its video (default: those of its crops).
         Give them when the crops are a selection, so an identity seen at the same time is never matched.
+        ``match_threshold``: for this track only, instead of the gallery's (e.g. a stricter one calibrated on
+        the current video); not stored.
         """
         self._require_writable()
         dim = self._meta.feature_dim
@@ -533,7 +536,8 @@ class GalleryStore:
         times = [c.entry.timestamp_s for c in encoded]
 
         excluded = [i for (i,) in self._conn.execute(_SQL_COVISIBLE, (int(video_id), last, first))]
-        decision: MatchDecision = self._bank.match(feature, self._meta.match_threshold, excluded)
+        threshold = self._meta.match_threshold if match_threshold is None else float(match_threshold)
+        decision: MatchDecision = self._bank.match(feature, threshold, excluded)
         new_sum, num_tracks = self._bank.updated_sum(decision.identity_id, feature)
         track_row = (int(video_id), int(camera_id), int(track_id), first, last, min(times), max(times))
         identity_id, entry_ids, written = self._write_track(

@@ -2,9 +2,12 @@
 
 Detection is the expensive step, so it runs on every ``detect_every``-th frame only; the tracker's Kalman
 filters carry the boxes in between. Features and crop qualities are computed for detection frames only,
-in one batch per frame. A track that ends (or is still open when the video ends) goes to the gallery with
-its best crops and its track-level feature if it was seen often enough to be a person rather than noise;
-the gallery answers with the identity id used in ``identities.txt`` and in the annotations.
+in one batch per frame. A track that ends goes to the gallery with its best crops and its track-level feature
+if it was seen often enough to be a person rather than noise; the gallery answers with the identity id used
+in ``identities.txt`` and in the annotations. For a live stream that happens as each track ends. A file is
+processed offline once it is read: the tracklets are stitched (:mod:`reid.video.stitching`) and the gallery
+threshold is capped for this video by its co-visible track pairs (:mod:`reid.video.self_calibration`)
+before any track enters the gallery.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from reid.video.embedder import Embedder
 from reid.video.evidence import Observation, TrackEvidence
 from reid.video.quality import QualityConfig, crop_quality
 from reid.video.reader import VideoInfo, VideoReader
+from reid.video.self_calibration import video_match_threshold
+from reid.video.stitching import StitchConfig, merge_tracks, stitch_chains
 from reid.video.tracking import Track, Tracker, TrackerConfig, TrackerStep, track_rows
 
 logger = logging.getLogger(__name__)
@@ -36,7 +41,10 @@ FrameCallback = Callable[[int, np.ndarray, LiveBoxes], None]
 class PipelineConfig:
     """``min_track_detections``: matched detections a track needs to enter the gallery;
     ``crops_per_track``: crops stored per track; ``evidence_capacity``: best observations averaged into the
-    track feature; ``max_interpolation_gap``: longest run of frames filled between two detections."""
+    track feature; ``max_interpolation_gap``: longest run of frames filled between two detections;
+    ``stitch``: offline tracklet stitching for file inputs (None: every track goes to the gallery as it ends,
+    as for live streams); ``covisible_max_fpr``: for file inputs, cap the gallery threshold so that at most
+    this share of the video's co-visible (different-person) track pairs would match (None: no cap)."""
 
     detect_every: int = 3
     min_track_detections: int = 5
@@ -44,6 +52,8 @@ class PipelineConfig:
     evidence_capacity: int = 8
     max_interpolation_gap: int = 30
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    stitch: StitchConfig | None = field(default_factory=StitchConfig)
+    covisible_max_fpr: float | None = 0.0
     quality: QualityConfig = field(default_factory=QualityConfig)
 
     def __post_init__(self) -> None:
@@ -116,6 +126,10 @@ class VideoToGallery:
         result = VideoRunResult(info=info, video_id=video_id)
         tracker = Tracker(self.config.tracker)
         evidence: dict[int, TrackEvidence] = {}
+        # A file is over when it ends, so its tracklets can be stitched and its tracks compared before they
+        # enter the gallery; a live stream gets online tracks, each stored as it ends.
+        offline = info.is_file
+        pending: list[tuple[Track, TrackEvidence | None]] = []
         start = time.perf_counter()
         total = info.num_frames if reader.max_frames is None else min(info.num_frames or reader.max_frames,
                                                                          reader.max_frames)
@@ -125,12 +139,21 @@ class VideoToGallery:
             else:
                 step = tracker.step(index)
             for track in step.finished:
-                self._finish(track, evidence.pop(track.track_id, None), result)
+                if offline:
+                    pending.append((track, evidence.pop(track.track_id, None)))
+                else:
+                    self._finish(track, evidence.pop(track.track_id, None), result)
             if on_frame is not None:
                 on_frame(index, frame, [(t.track_id, t.box) for t in tracker.tracks if t.confirmed])
             result.frames_read = index + 1
-        for track in tracker.finish_all():
-            self._finish(track, evidence.pop(track.track_id, None), result)
+        pending += [(track, evidence.pop(track.track_id, None)) for track in tracker.finish_all()]
+        threshold = None
+        if offline:
+            if self.config.stitch is not None:
+                pending = self._stitch(pending, (info.width, info.height))
+            threshold = self._video_threshold(pending)
+        for track, bank in pending:
+            self._finish(track, bank, result, threshold)
         result.seconds = time.perf_counter() - start
         return result
 
@@ -151,9 +174,48 @@ class VideoToGallery:
                                    features[d], crops[d].copy()))
         return step
 
-    def _finish(self, track: Track, bank: TrackEvidence | None, result: VideoRunResult) -> None:
+    def _stitch(self, finished: list[tuple[Track, TrackEvidence | None]], frame_size: tuple[int, int]
+                ) -> list[tuple[Track, TrackEvidence | None]]:
+        """Join tracklets of one person (see :mod:`reid.video.stitching`); each chain keeps its first id."""
+        dim = self.embedder.feature_dim
+        features = np.stack([
+            bank.track_feature() if bank is not None and len(bank) else np.zeros(dim, np.float32)
+            for _, bank in finished
+        ]) if finished else None
+        tracks = [track for track, _ in finished]
+        stitched = []
+        for chain in stitch_chains(tracks, features, self.config.stitch, frame_size):
+            parts = [finished[i] for i in chain]
+            if len(parts) == 1:
+                stitched.append(parts[0])
+                continue
+            logger.debug("stitched tracks %s", [track.track_id for track, _ in parts])
+            bank = TrackEvidence(self.config.evidence_capacity)
+            for _, part_bank in parts:
+                for observation in part_bank.best() if part_bank is not None else []:
+                    bank.offer(observation)
+            stitched.append((merge_tracks([track for track, _ in parts]), bank))
+        return stitched
+
+    def _enters_gallery(self, track: Track, bank: TrackEvidence | None) -> bool:
+        return bank is not None and len(track.observations) >= self.config.min_track_detections
+
+    def _video_threshold(self, finished: list[tuple[Track, TrackEvidence | None]]) -> float | None:
+        """The gallery threshold capped by this video's co-visible pairs (see reid.video.self_calibration)."""
+        if self.config.covisible_max_fpr is None:
+            return None
+        kept = [(track, bank) for track, bank in finished if self._enters_gallery(track, bank)]
+        if not kept:
+            return None
+        spans = [(track.first_frame, track.observations[-1][0]) for track, _ in kept]
+        features = np.stack([bank.track_feature() for _, bank in kept])
+        return video_match_threshold(spans, features, self.store.match_threshold,
+                                     max_fpr=self.config.covisible_max_fpr)
+
+    def _finish(self, track: Track, bank: TrackEvidence | None, result: VideoRunResult,
+                match_threshold: float | None = None) -> None:
         rows = track_rows(track, self.config.max_interpolation_gap)
-        if bank is None or len(track.observations) < self.config.min_track_detections:
+        if not self._enters_gallery(track, bank):
             result.tracks.append(FinishedTrack(track.track_id, None, False, None, rows, []))
             return
         crops = [
@@ -163,7 +225,8 @@ class VideoToGallery:
             for obs in bank.best(self.config.crops_per_track)
         ]
         added = self.store.add_track(result.video_id, self.camera_id, track.track_id, crops,
-                                     bank.track_feature(), first_frame=rows[0][0], last_frame=rows[-1][0])
+                                     bank.track_feature(), first_frame=rows[0][0], last_frame=rows[-1][0],
+                                     match_threshold=match_threshold)
         logger.debug("track %d -> identity %d (%s)", track.track_id, added.identity_id,
                      "new" if added.is_new_identity else f"distance {added.distance:.3f}")
         result.tracks.append(FinishedTrack(track.track_id, added.identity_id, added.is_new_identity,

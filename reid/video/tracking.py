@@ -26,6 +26,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from reid.video.boxes import iou_matrix
+from reid.video.quality import occlusion_fractions
 
 _INFEASIBLE = 1e6
 
@@ -85,8 +86,10 @@ class KalmanBoxFilter:
 @dataclass(frozen=True)
 class TrackerConfig:
     """Frame counts are video frames. ``min_iou``/``max_appearance`` gate round 1; ``reactivate_appearance``
-    and ``max_speed`` gate round 2 (appearance distances are cosine distances, 0..2). The defaults were tuned
-    on PETS 2009 S2.L1 with Faster R-CNN detections and the handcrafted descriptor."""
+    and ``max_speed`` gate round 2 (appearance distances are cosine distances, 0..2).
+    ``max_occlusion_for_update``: a detection more covered than this by a box in front of it does not update
+    its track's appearance (its crop shows part of someone else, and would drag the feature towards them).
+    The defaults were tuned on PETS 2009 S2.L1 with Faster R-CNN detections and the handcrafted descriptor."""
 
     n_init: int = 5
     max_age: int = 60
@@ -98,6 +101,7 @@ class TrackerConfig:
     new_track_score: float = 0.0
     feature_momentum: float = 0.8
     max_speed: float = 0.08
+    max_occlusion_for_update: float = 0.1
 
 
 @dataclass
@@ -136,7 +140,7 @@ def cosine_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 1.0 - a @ b.T
 
 
-def _assign(cost: np.ndarray) -> list[tuple[int, int]]:
+def assign_finite(cost: np.ndarray) -> list[tuple[int, int]]:
     """Hungarian assignment that never returns an infeasible (non-finite) pair."""
     if cost.size == 0:
         return []
@@ -175,6 +179,7 @@ class Tracker:
         scores = np.ones(len(boxes)) if scores is None else np.asarray(scores, dtype=np.float64)
         unmatched = list(range(len(boxes)))
         matches: list[tuple[int, int]] = []
+        occluded = occlusion_fractions(boxes) > cfg.max_occlusion_for_update
 
         recent = [t for t in self.tracks if frame_index - t.last_matched_frame <= cfg.lost_after]
         lost = [t for t in self.tracks if t.confirmed and frame_index - t.last_matched_frame > cfg.lost_after]
@@ -188,7 +193,7 @@ class Tracker:
                 app = np.zeros_like(iou)
             cost = cfg.iou_weight * (1 - iou) + (1 - cfg.iou_weight) * app
             cost[(iou < cfg.min_iou) | (app > cfg.max_appearance)] = np.inf
-            for r, c in _assign(cost):
+            for r, c in assign_finite(cost):
                 matches.append((recent[r].track_id, int(det[c])))
             used = {d for _, d in matches}
             unmatched = [d for d in unmatched if d not in used]
@@ -201,7 +206,7 @@ class Tracker:
             for i, track in enumerate(lost):
                 cost[i, ~self._reachable(track, boxes[det], frame_index)] = np.inf
             cost[app > cfg.reactivate_appearance] = np.inf
-            for r, c in _assign(cost):
+            for r, c in assign_finite(cost):
                 matches.append((lost[r].track_id, int(det[c])))
             used = {d for _, d in matches}
             unmatched = [d for d in unmatched if d not in used]
@@ -209,7 +214,7 @@ class Tracker:
         by_id = {t.track_id: t for t in self.tracks}
         for track_id, d in matches:
             self._update(by_id[track_id], frame_index, boxes[d], float(scores[d]),
-                         None if features is None else features[d])
+                         None if features is None or occluded[d] else features[d])
 
         matched_ids = {track_id for track_id, _ in matches}
         finished: list[Track] = []

@@ -1,0 +1,55 @@
+"""A match threshold calibrated on the video itself, from pairs of tracks that are certainly different people.
+
+Two tracks visible in the same frame are two people: every such pair is a free, correctly labelled negative
+(the co-occurrence constraint that many tracking-by-re-ID works rely on). Their feature distances show
+how close *different* people of this footage look under the current descriptor - for a weak descriptor
+(the handcrafted colour histograms, with many people in dark clothes) much closer than on the data the gallery
+threshold was set on. Capping the gallery threshold at a low quantile of these distances (``max_fpr``, the
+share of different-person pairs that would still merge; see :mod:`reid.gallery.calibration`) makes the
+gallery merge tracks of this video only when the descriptor separates people here, and keep the tracker's
+split otherwise: a wrong merge costs identity precision for both people, a missed one only a fragment.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from reid.video.tracking import cosine_distances
+
+logger = logging.getLogger(__name__)
+
+
+def covisible_distances(spans: Sequence[tuple[int, int]], features: np.ndarray) -> np.ndarray:
+    """Cosine distances of all track pairs whose frame spans ``(first, last)`` overlap (different people)."""
+    if len(spans) != len(features):
+        raise ValueError(f"{len(spans)} spans but {len(features)} features")
+    if len(spans) < 2:
+        return np.zeros(0)
+    first = np.array([s[0] for s in spans])
+    last = np.array([s[1] for s in spans])
+    overlap = (first[:, None] <= last[None, :]) & (first[None, :] <= last[:, None])
+    rows, cols = np.nonzero(np.triu(overlap, k=1))
+    dist = cosine_distances(np.asarray(features, np.float64), np.asarray(features, np.float64))
+    return dist[rows, cols]
+
+
+def video_match_threshold(spans: Sequence[tuple[int, int]], features: np.ndarray, ceiling: float, *,
+                          max_fpr: float = 0.02, min_pairs: int = 10) -> float:
+    """``ceiling`` (the gallery's threshold) lowered so that at most ``max_fpr`` of the co-visible
+    (different-person) track pairs of this video would match; ``ceiling`` when there are fewer than
+    ``min_pairs`` such pairs to measure."""
+    negatives = covisible_distances(spans, features)
+    if len(negatives) < min_pairs:
+        return float(ceiling)
+    # The largest distance that at most max_fpr of the negatives reach (the FPR target of
+    # reid.gallery.calibration.calibrate_threshold; only the negatives matter for it).
+    negatives = np.sort(negatives)
+    within = np.searchsorted(negatives, negatives, side="right") <= max_fpr * len(negatives)
+    cut = float(negatives[within][-1]) if within.any() else float(np.nextafter(negatives[0], -np.inf))
+    threshold = min(float(ceiling), cut)
+    logger.info("match threshold for this video %.4f (gallery %.4f; %d co-visible pairs, median %.4f)",
+                threshold, ceiling, len(negatives), float(np.median(negatives)))
+    return threshold

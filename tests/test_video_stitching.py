@@ -1,0 +1,109 @@
+"""Offline stitching, occlusion-aware appearance updates and the per-video match threshold."""
+
+import numpy as np
+import pytest
+from test_video_tracking import colour_crop, majority_ids, run_tracker, walker_box
+
+from reid.video.descriptor import describe_crops
+from reid.video.self_calibration import covisible_distances, video_match_threshold
+from reid.video.stitching import StitchConfig, endpoint, merge_tracks, stitch_chains
+from reid.video.tracking import Tracker, TrackerConfig, cosine_distances
+
+
+def test_endpoint_recovers_constant_velocity():
+    obs = [(f, np.array([10.0 + 3 * f, 20.0 - f, 30.0, 80.0]), 1.0) for f in range(20)]
+    end = endpoint(obs, at_start=False, window=10)
+    start = endpoint(obs, at_start=True, window=10)
+    np.testing.assert_allclose(end.velocity, [3.0, -1.0], atol=1e-9)
+    np.testing.assert_allclose(end.centre, [10 + 3 * 19 + 15, 20 - 19 + 40], atol=1e-9)
+    np.testing.assert_allclose(start.centre, [25.0, 60.0], atol=1e-9)
+    assert end.frame == 19 and start.frame == 0 and end.height == 80.0
+
+
+def test_stitching_rejoins_two_people_hidden_while_crossing():
+    # Two people cross behind an occluder: nobody is detected for 20 frames around the crossing, longer
+    # than the tracker waits (short max_age), so each leaves two tracklets. Stitching must join each
+    # person's pieces by motion and appearance, not swap them.
+    walkers = [((100, 100), (5, 0), (0, 0, 220)), ((500, 110), (-5, 0), (220, 120, 0))]
+    config = TrackerConfig(max_age=10, lost_after=5)
+    tracks = run_tracker(walkers, 90, drop=lambda f, w: 30 <= f < 50, config=config)
+    before = majority_ids(tracks, walkers, 90)
+    assert all(len(ids) == 2 for ids in before.values()), before  # the gap did split both people
+
+    features = describe_crops([colour_crop(walkers[w][2], 999) for w in (0, 1)])
+    owner = {tid: w for w, ids in before.items() for tid in ids}
+    track_features = np.stack([features[owner[t.track_id]] for t in tracks])
+    chains = stitch_chains(tracks, track_features, StitchConfig(), frame_size=(800, 600))
+    merged = [merge_tracks([tracks[i] for i in chain]) for chain in chains]
+    after = majority_ids(merged, walkers, 90)
+    assert all(len(ids) == 1 for ids in after.values()), after
+    assert after[0] != after[1]
+    for track in merged:  # a chain never overlaps itself in time
+        frames = [f for f, _, _ in track.observations]
+        assert frames == sorted(set(frames))
+
+
+def test_stitching_by_motion_alone_and_never_links_overlapping_or_exiting_tracklets():
+    def tracklet(track_id, frames, start, velocity):
+        tracker = Tracker(TrackerConfig(n_init=1))
+        for f in frames:
+            tracker.step(f, walker_box(start, velocity, f)[None], np.ones(1), None)
+        (track,) = tracker.finish_all()
+        track.track_id = track_id
+        return track
+
+    a = tracklet(1, range(0, 20), (100, 100), (4, 0))
+    b = tracklet(2, range(35, 60), (100, 100), (4, 0))  # a's continuation after a 15-frame gap
+    c = tracklet(3, range(10, 40), (100, 300), (4, 0))  # overlaps a in time: another person
+    assert sorted(map(sorted, stitch_chains([a, b, c], None))) == [[0, 1], [2]]
+    # The same continuation is refused when a walked out of the frame (its last box touches the border).
+    assert len(stitch_chains([a, b], None, frame_size=(a.observations[-1][1][0] + 30, 600))) == 2
+    # ... and when b looks like someone else.
+    far = np.array([[1.0, 0.0], [0.0, 1.0]])
+    assert len(stitch_chains([a, b], far)) == 2
+
+
+def test_stitch_config_rejects_nonsense():
+    with pytest.raises(ValueError):
+        StitchConfig(max_gap=0)
+    with pytest.raises(ValueError):
+        StitchConfig(max_scale_change=0.5)
+
+
+def test_occluded_detections_do_not_update_track_appearance():
+    tracker = Tracker(TrackerConfig(n_init=1, max_occlusion_for_update=0.1))
+    red, dark_red, blue = describe_crops(
+        [colour_crop((0, 0, 220), 1), colour_crop((0, 0, 180), 2), colour_crop((220, 0, 0), 3)]
+    )
+    mixed = 0.85 * red + 0.15 * blue  # what a crop partly covered by a blue-dressed person looks like
+    tracker.step(0, np.array([[100.0, 100, 30, 80]]), np.ones(1), red[None])
+    before = tracker.tracks[0].feature.copy()
+    # Next frame the person (same box) is partly hidden by someone in front (lower bottom edge).
+    boxes = np.array([[100.0, 100, 30, 80], [115.0, 110, 30, 80]])
+    tracker.step(1, boxes, np.ones(2), np.stack([mixed, blue]))
+    assert tracker.tracks[0].hits == 2  # matched ...
+    np.testing.assert_array_equal(tracker.tracks[0].feature, before)  # ... but its look is not learnt
+    tracker.step(2, boxes[:1], np.ones(1), dark_red[None])  # a clean view updates it
+    assert tracker.tracks[0].hits == 3 and not np.array_equal(tracker.tracks[0].feature, before)
+
+
+def test_covisible_distances_against_brute_force():
+    rng = np.random.default_rng(0)
+    spans = [(0, 10), (5, 20), (21, 30), (30, 40), (50, 60)]
+    feats = rng.normal(size=(5, 6))
+    expected = [cosine_distances(feats[[i]], feats[[j]])[0, 0] for i in range(5) for j in range(i + 1, 5)
+                if spans[i][0] <= spans[j][1] and spans[j][0] <= spans[i][1]]
+    np.testing.assert_allclose(np.sort(covisible_distances(spans, feats)), np.sort(expected))
+
+
+def test_video_threshold_stays_below_the_closest_different_people():
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(12, 8))
+    spans = [(0, 100)] * 12  # everyone is visible together: 66 negative pairs
+    negatives = covisible_distances(spans, feats)
+    strict = video_match_threshold(spans, feats, ceiling=5.0, max_fpr=0.0)
+    assert strict < negatives.min()
+    loose = video_match_threshold(spans, feats, ceiling=5.0, max_fpr=0.1)
+    assert np.mean(negatives <= loose) <= 0.1 < np.mean(negatives <= np.sort(negatives)[7])
+    assert video_match_threshold(spans, feats, ceiling=0.01, max_fpr=0.1) == 0.01  # never above the gallery's
+    assert video_match_threshold(spans[:3], feats[:3], ceiling=0.5) == 0.5  # too few pairs to measure
