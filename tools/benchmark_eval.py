@@ -1,10 +1,12 @@
 """Benchmark of the evaluation code against a plain baseline measured in the same run.
 
-Section ``eval``: ``reid.evaluation.evaluate_rank`` versus a straightforward numpy implementation that fully
-argsorts every row and walks the queries one by one (the approach of the usual Cython/numpy evaluators), on a
-seeded Market-1501-sized random problem (3368 x 15913, 750 identities, 6 cameras, 2793 pid-0 distractors).
-Prints both times, their ratio, the ratio against the fast-reid Cython figure quoted for this machine (not
-measured here), whether the numbers agree, and peak memory. Timings on a shared machine are noisy; compare
+Section ``eval``: ``reid.evaluation.evaluate_rank`` versus a straightforward numpy implementation that
+fully argsorts every row and walks the queries one by one (the approach of the usual Cython/numpy
+evaluators), on a seeded Market-1501-sized random problem (3368 x 15913, 750 identities, 6 cameras, 2793
+pid-0 distractors). Prints both times, their ratio, the ratio against the fast-reid Cython figure quoted
+for this machine (not measured here), whether the numbers agree, and peak memory. Section ``rerank`` runs
+``tools/benchmark_rerank.py`` (k-reciprocal re-ranking against the all-pairs distance floor and a
+torchreid-style dense pipeline). Timings on a shared machine are noisy; compare
 ratios from the same run only.
 
     python tools/benchmark_eval.py                      # Market-sized
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import resource
+import subprocess
 import sys
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -166,7 +170,19 @@ def run_eval_section(args: argparse.Namespace) -> None:
         raise SystemExit("evaluate_rank and the baseline disagree")
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {"eval": run_eval_section}
+def run_rerank_section(args: argparse.Namespace) -> None:
+    """Re-ranking figures come from tools/benchmark_rerank.py, which isolates each contender in a subprocess
+    so that peak memory is measured per contender; run it and stream its report."""
+    script = Path(__file__).with_name("benchmark_rerank.py")
+    command = [sys.executable, str(script), "--size", args.rerank_size, "--seed", str(args.seed)]
+    print(f"[rerank] {' '.join(command[1:])}", flush=True)
+    subprocess.run(command, check=True)
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "eval": run_eval_section,
+    "rerank": run_rerank_section,
+}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -185,6 +201,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline-repeats", type=int, default=1)
     parser.add_argument("--skip-memory", action="store_true", help="skip the (slower) tracemalloc pass")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rerank-size",
+        choices=["small", "market1501", "msmt17"],
+        default="market1501",
+        help="problem size of the re-ranking section (msmt17 takes many minutes)",
+    )
     parser.add_argument("--match-scale", type=float, default=0.002, help="true-match distance shrink factor")
     args = parser.parse_args(argv)
     if min(args.repeats, args.baseline_repeats, args.num_query, args.num_ids, args.num_cams) < 1:
