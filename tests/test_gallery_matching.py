@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reid.gallery import CropEntry, GalleryStore
-from reid.gallery.matching import IdentityBank
+from reid.gallery.matching import DISTINCTIVENESS_RATIO, IdentityBank
 
 DIM = 16
 
@@ -38,16 +38,26 @@ class ReferenceMatcher:
         a, b = self._prepare(v), self._prepare(mean)
         return 1.0 - sum(x * y for x, y in zip(a, b, strict=True))
 
+    def decide(self, feature: list[float], busy: set[int]) -> tuple[int | None, float | None]:
+        """(identity or None, distance to the nearest admissible identity or None): the nearest admissible
+        identity, if within the threshold and nearer than ratio**2 times every other identity."""
+        options = [(self._distance(feature, i), i) for i in sorted(self.tracks) if i not in busy]
+        if not options:
+            return None, None
+        best = min(options)
+        others = [self._distance(feature, i) for i in self.tracks if i != best[1]]
+        distinct = all(best[0] <= DISTINCTIVENESS_RATIO**2 * d for d in others)
+        return (best[1] if best[0] <= self.threshold and distinct else None), best[0]
+
     def add(self, feature: list[float], video: int, first: int, last: int) -> int:
         busy = {i for (vid, f, l, i) in self.spans if vid == video and f <= last and l >= first}
-        options = [(self._distance(feature, i), i) for i in sorted(self.tracks) if i not in busy]
-        best = min(options, default=None)
+        chosen, _ = self.decide(feature, busy)
         nearest_any = min((self._distance(feature, i), i) for i in self.tracks) if self.tracks else None
         self.blocked += (
             nearest_any is not None and nearest_any[0] <= self.threshold and nearest_any[1] in busy
         )
-        if best is not None and best[0] <= self.threshold:
-            identity = best[1]
+        if chosen is not None:
+            identity = chosen
         else:
             identity = len(self.tracks) + 1
             self.tracks[identity] = []
@@ -62,17 +72,20 @@ def test_bank_agrees_with_reference(metric, threshold):
     people = rng.normal(size=(6, DIM))
     bank, ref = IdentityBank(DIM, metric), ReferenceMatcher(metric, threshold)
     next_id = 1
+    rejected_as_ambiguous = 0
     for _ in range(150):
         feature = people[rng.integers(6)] + 0.35 * rng.normal(size=DIM)  # noisy enough to create close calls
         excluded = set(rng.choice(np.arange(1, next_id + 1), size=min(2, next_id), replace=False).tolist())
         decision = bank.match(feature, threshold, excluded)
-        options = [(ref._distance(feature.tolist(), i), i) for i in sorted(ref.tracks) if i not in excluded]
-        expected = min(options, default=None)
-        if expected is None:
-            assert decision.distance is None and decision.identity_id is None
+        expected_identity, expected_distance = ref.decide(feature.tolist(), excluded)
+        assert decision.identity_id == expected_identity
+        if expected_distance is None:
+            assert decision.distance is None
         else:
-            assert decision.distance == pytest.approx(expected[0], abs=1e-4)
-            assert decision.identity_id == (expected[1] if expected[0] <= threshold else None)
+            assert decision.distance == pytest.approx(expected_distance, abs=1e-4)
+        rejected_as_ambiguous += (
+            expected_identity is None and expected_distance is not None and expected_distance <= threshold
+        )
         identity = decision.identity_id
         if identity is None:
             identity, next_id = next_id, next_id + 1
@@ -80,6 +93,22 @@ def test_bank_agrees_with_reference(metric, threshold):
         bank.set(identity, *bank.updated_sum(decision.identity_id, feature))
         ref.tracks[identity].append(ref._prepare(feature.tolist()))
     assert len(bank) == len(ref.tracks)
+    assert rejected_as_ambiguous > 0  # the ratio test did real work
+
+
+def test_ratio_test_counts_lookalikes_on_screen_with_the_track():
+    bank = IdentityBank(2, "euclidean")
+    bank.set(1, np.array([0.0, 0.0]), 1)
+    bank.set(2, np.array([1.0, 0.0]), 1)
+    halfway, near_one = np.array([0.45, 0.0]), np.array([0.1, 0.0])
+    assert bank.match(halfway, threshold=1.0).identity_id is None  # 0.2025 vs 0.3025: not distinct
+    assert bank.match(near_one, threshold=1.0).identity_id == 1  # 0.01 vs 0.81
+    assert bank.match(near_one, threshold=1.0, max_ratio=1.0).identity_id == 1
+    # Identity 2 cannot be this track's person (excluded, e.g. on screen with it) but it still counts as a
+    # look-alike: the match to identity 1 is only as distinct as the nearest other person allows.
+    decision = bank.match(halfway, threshold=1.0, excluded=[2])
+    assert decision.identity_id is None and decision.second_distance == pytest.approx(0.3025)
+    assert bank.match(halfway, threshold=1.0, excluded=[2], max_ratio=1.0).identity_id == 1
 
 
 def test_store_assignments_agree_with_reference_including_covisibility(tmp_path):

@@ -4,10 +4,11 @@ import cv2
 import numpy as np
 import pytest
 
-from reid.video.descriptor import FEATURE_DIM, describe_crops
+from reid.video.descriptor import FEATURE_DIM, describe_crops, foreground_weights
 from reid.video.embedder import HandcraftedEmbedder, build_embedder
 from reid.video.evidence import Observation, TrackEvidence
 from reid.video.quality import crop_quality, occlusion_fractions
+from reid.video.separability import labelled_pair_distances, roc_auc, separability
 from reid.video.tracking import cosine_distances
 
 
@@ -76,3 +77,67 @@ def test_evidence_keeps_best_and_weights_feature():
     assert [o.quality for o in bank.best()] == [0.9, 0.7, 0.5]
     expected = 0.9 * np.eye(4)[1] + 0.7 * np.eye(4)[3] + 0.5 * np.eye(4)[2]
     np.testing.assert_allclose(bank.track_feature(), expected / np.linalg.norm(expected), rtol=1e-5)
+
+
+def on_background(figure, background_bgr, width=64):
+    """``figure`` (H x w crop) pasted in the middle of a ``width``-wide crop of a plain background."""
+    height, inner = figure.shape[:2]
+    crop = np.empty((height, width, 3), np.uint8)
+    crop[:] = background_bgr
+    left = (width - inner) // 2
+    crop[:, left : left + inner] = figure
+    return crop
+
+
+def test_foreground_weights_favour_the_person_over_the_border_colour():
+    crop = on_background(person((0, 0, 200), (200, 0, 0), size=(128, 24)), (40, 160, 40))
+    weights = foreground_weights(crop[None])[0]
+    assert weights.shape == crop.shape[:2] and ((weights >= 0) & (weights <= 1)).all()
+    assert weights[:, 28:36].mean() > 0.9  # the person's colours never occur at the borders
+    assert weights[:, :8].max() < 0.5 and weights[:, 56:].max() < 0.5  # more likely background
+
+
+def test_same_person_on_other_background_is_closer_than_other_person_on_same_background():
+    figure = person((60, 60, 60), (140, 90, 40), size=(128, 24))
+    other = person((40, 40, 40), (60, 60, 60), size=(128, 24), seed=1)
+    grass, pavement = (40, 150, 60), (150, 150, 150)
+    feats = describe_crops([on_background(figure, grass), on_background(figure, pavement),
+                            on_background(other, grass)])
+    d = cosine_distances(feats, feats)
+    assert d[0, 1] < d[0, 2]
+
+
+def test_roc_auc_and_pairs_against_brute_force():
+    rng = np.random.default_rng(0)
+    pos, neg = rng.integers(0, 20, 40).astype(float), rng.integers(5, 30, 60).astype(float)  # with ties
+    brute = np.mean([(p < n) + 0.5 * (p == n) for p in pos for n in neg])
+    assert roc_auc(pos, neg) == pytest.approx(brute)
+    assert roc_auc(np.zeros(3), np.ones(4)) == 1.0
+    with pytest.raises(ValueError, match="positive and negative"):
+        roc_auc(np.zeros(0), np.ones(4))
+
+    feats = rng.normal(size=(30, 5))
+    ids, frames = rng.integers(0, 4, 30), rng.integers(0, 100, 30)
+    got_pos, got_neg = labelled_pair_distances(feats, ids, frames, min_gap=20)
+    d = cosine_distances(feats, feats)
+    want_pos = [d[i, j] for i in range(30) for j in range(i + 1, 30)
+                if ids[i] == ids[j] and abs(frames[i] - frames[j]) >= 20]
+    want_neg = [d[i, j] for i in range(30) for j in range(i + 1, 30) if ids[i] != ids[j]]
+    np.testing.assert_allclose(np.sort(got_pos), np.sort(want_pos))
+    np.testing.assert_allclose(np.sort(got_neg), np.sort(want_neg))
+    with pytest.raises(ValueError, match="same crops"):
+        labelled_pair_distances(feats, ids[:-1], frames, min_gap=1)
+
+
+def test_separability_ranks_a_good_descriptor_above_a_useless_one():
+    rng = np.random.default_rng(1)
+    ids = np.repeat(np.arange(6), 10)
+    frames = np.tile(np.arange(0, 100, 10), 6)
+    centres = rng.normal(size=(6, 8))
+    good = centres[ids] + 0.2 * rng.normal(size=(60, 8))
+    useless = rng.normal(size=(60, 8))
+    assert separability(good, ids, frames, min_gap=20).auc > 0.95
+    report = separability(useless, ids, frames, min_gap=20)
+    assert 0.3 < report.auc < 0.7 and 0.3 < report.eer < 0.7
+    with pytest.raises(ValueError, match="same-person pairs"):
+        separability(good, ids, frames, min_gap=1000)

@@ -8,6 +8,16 @@ Why prototypes rather than the nearest stored entry: a single-linkage rule (min 
 together - one ambiguous crop links two identities for good - while a mean over tracks averages out pose and
 lighting, and costs one vector per identity.
 
+Distinct: the nearest admissible identity must also be clearly nearer than the second nearest - Lowe's
+ratio test (Lowe, "Distinctive image features from scale-invariant keypoints", IJCV 2004: accept the nearest
+neighbour only if its Euclidean distance is below 0.8 times the second's). A track halfway between two people
+is not evidence for either, and a wrong merge costs both identities their precision while a missed one costs
+a fragment. The second nearest is taken over *all* other identities, including those on screen with the
+track: they are certainly other people, so one that looks as close as the candidate shows that this
+closeness is no evidence of identity. Both metrics of the gallery are squared distances (squared Euclidean;
+cosine distance is half the squared Euclidean distance of the normalised vectors), so the test compares them
+with ratio 0.8**2.
+
 Admissible: an identity that already has a track in the same video overlapping the new track in time is
 excluded, because two boxes in one frame are two people. This is what lets the tracker's split fragments of
 one person merge (same video, disjoint in time, similar look) without ever merging two people walking side
@@ -23,14 +33,19 @@ import numpy as np
 
 from reid.gallery.metric import pairwise_distances, prepare
 
+DISTINCTIVENESS_RATIO = 0.8
+"""Largest ratio of nearest to second-nearest (unsquared) distance at which a match is accepted."""
+
 
 @dataclass(frozen=True)
 class MatchDecision:
     """``identity_id`` is None when the track founds a new identity; ``distance`` is to the nearest admissible
-    identity (None when there was none), so callers can log how close a rejected match came."""
+    identity (None when there was none), so callers can log how close a rejected match came;
+    ``second_distance`` to the nearest other identity, admissible or not (None when there was none)."""
 
     identity_id: int | None
     distance: float | None
+    second_distance: float | None = None
 
 
 class IdentityBank:
@@ -73,20 +88,27 @@ class IdentityBank:
         return prepare(means.astype(np.float32), self.metric)
 
     def match(
-        self, track_feature: np.ndarray, threshold: float, excluded: Iterable[int] = ()
+        self, track_feature: np.ndarray, threshold: float, excluded: Iterable[int] = (),
+        max_ratio: float = DISTINCTIVENESS_RATIO,
     ) -> MatchDecision:
-        """Nearest admissible identity within ``threshold`` (distance <= threshold matches)."""
+        """Nearest admissible identity if within ``threshold`` (distance <= threshold matches) and distinct:
+        its distance at most ``max_ratio**2`` times that of the nearest other identity, admissible or not
+        (if there is one)."""
         if not self._ids:
             return MatchDecision(None, None)
         dist = pairwise_distances(track_feature.reshape(1, -1), self.prototypes(), self.metric)[0]
+        admissible = np.ones(len(dist), dtype=bool)
         for identity_id in excluded:
             row = self._row.get(identity_id)
             if row is not None:
-                dist[row] = np.inf
-        best = int(np.argmin(dist))
-        if not np.isfinite(dist[best]):
+                admissible[row] = False
+        if not admissible.any():
             return MatchDecision(None, None)
+        best = int(np.flatnonzero(admissible)[np.argmin(dist[admissible])])
         best_distance = float(dist[best])
-        if best_distance <= threshold:
-            return MatchDecision(self._ids[best], best_distance)
-        return MatchDecision(None, best_distance)
+        others = np.delete(dist, best)
+        second = float(others.min()) if len(others) else None
+        distinct = second is None or best_distance <= max_ratio**2 * second
+        if best_distance <= threshold and distinct:
+            return MatchDecision(self._ids[best], best_distance, second)
+        return MatchDecision(None, best_distance, second)

