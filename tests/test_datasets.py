@@ -359,3 +359,19 @@ def test_registry_rejects_unknown_names_and_bad_train_labels(tmp_path):
         build_dataset("market", tmp_path)
     with pytest.raises(ValueError, match="relabelled"):
         ReIDDataset("x", [ImageRecord("a.jpg", 3, 0)], [], [])
+
+
+def test_custom_reader_options_come_from_the_config(tmp_path):
+    from reid.config import load_config
+    from reid.engine.trainer import load_dataset
+
+    _make_custom_folders(
+        tmp_path,
+        {"query": {"x": ["cam7_1.jpg"]}, "gallery": {"x": ["cam2_2.jpg"], "y": ["cam7_3.jpg"]}},
+    )
+    overrides = ["data.name=custom", f"data.root={tmp_path}", r"data.custom.camera_regex=cam(\d+)"]
+    dataset = load_dataset(load_config(None, overrides))
+    assert [r.camid for r in dataset.query] == [1]
+    assert sorted(r.camid for r in dataset.gallery) == [0, 1]
+    split_mode = load_dataset(load_config(None, [*overrides[:2], "data.custom.camera_mode=per_split"]))
+    assert {r.camid for r in split_mode.gallery} == {1}

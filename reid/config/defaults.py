@@ -23,6 +23,8 @@ DEFAULTS: dict[str, Any] = {
             "images_per_id_per_camera": 3,
             "seed": 0,
         },
+        # reader options of data.name=custom (see reid/data/datasets/custom.py)
+        "custom": {"camera_regex": r"c(\d+)", "camera_mode": "auto"},
         "height": 256,
         "width": 128,
         "pixel_mean": [0.485, 0.456, 0.406],
@@ -101,6 +103,7 @@ NULLABLE_TYPES: dict[str, type] = {
 # Keys restricted to a fixed set of strings.
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("market1501", "dukemtmc", "msmt17", "custom", "synthetic"),
+    "data.custom.camera_mode": ("auto", "per_split"),
     "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
     "model.adversary.attach": ("gdfl", "embedding", "global", "taps"),
     "model.adversary.mode": ("grl", "confusion"),

@@ -81,9 +81,11 @@ def _to_float32(value: Any) -> Any:
 
 
 def load_dataset(cfg: dict[str, Any]) -> ReIDDataset:
-    """The dataset named by ``cfg.data`` (the synthetic one is generated under data.root when missing)."""
+    """The dataset named by ``cfg.data`` (the synthetic one is generated under data.root when missing).
+
+    ``data.synthetic`` and ``data.custom`` hold the options of those two readers."""
     data_cfg = cfg["data"]
-    kwargs = dict(data_cfg["synthetic"]) if data_cfg["name"] == "synthetic" else {}
+    kwargs = dict(data_cfg[data_cfg["name"]]) if data_cfg["name"] in ("synthetic", "custom") else {}
     return build_dataset(data_cfg["name"], data_cfg["root"], **kwargs)
 
 
