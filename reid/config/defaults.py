@@ -105,6 +105,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.name": ("market1501", "dukemtmc", "msmt17", "custom", "synthetic"),
     "data.custom.camera_mode": ("auto", "per_split"),
     "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
+    "model.gdfl.attention.compat": ("additive", "dot"),
     "model.adversary.attach": ("gdfl", "embedding", "global", "taps"),
     "model.adversary.mode": ("grl", "confusion"),
     "solver.optimizer": ("adam", "sgd"),
