@@ -8,7 +8,17 @@ from reid.video.descriptor import FEATURE_DIM, describe_crops, foreground_weight
 from reid.video.embedder import HandcraftedEmbedder, build_embedder
 from reid.video.evidence import Observation, TrackEvidence
 from reid.video.quality import crop_quality, occlusion_fractions
-from reid.video.separability import labelled_pair_distances, roc_auc, separability
+from reid.video.separability import (
+    GALLERY_PERCENTILE,
+    REACTIVATION_PERCENTILE,
+    VETO_PERCENTILE,
+    derive_appearance_thresholds,
+    labelled_pair_distances,
+    roc_auc,
+    running_feature_negatives,
+    separability,
+    tracklet_features,
+)
 from reid.video.tracking import cosine_distances
 
 
@@ -141,3 +151,64 @@ def test_separability_ranks_a_good_descriptor_above_a_useless_one():
     assert 0.3 < report.auc < 0.7 and 0.3 < report.eer < 0.7
     with pytest.raises(ValueError, match="same-person pairs"):
         separability(good, ids, frames, min_gap=1000)
+
+
+def _people_walking(seed: int, num_people: int = 5, num_frames: int = 60, noise: float = 0.3):
+    """Crops of people with overlapping visibility spans: (features, ids, frames), frame-ordered."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(num_people, 6))
+    rows = [(f, p) for f in range(num_frames) for p in range(num_people) if 8 * p <= f < 8 * p + 30]
+    frames, ids = np.array([f for f, _ in rows]), np.array([p for _, p in rows])
+    return centres[ids] + noise * rng.normal(size=(len(ids), 6)), ids, frames
+
+
+def test_running_feature_negatives_match_a_direct_replay():
+    feats, ids, frames = _people_walking(2)
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    # Reference: replay frame by frame with explicit per-person histories.
+    want, history = [], {}
+    for f in sorted(set(frames)):
+        here = [k for k in range(len(ids)) if frames[k] == f]
+        for k in here:
+            for person, (seen, mean) in history.items():
+                if person != ids[k] and f - seen <= 4:
+                    want.append(1 - mean @ unit[k])
+        for k in here:
+            old = history.get(ids[k], (None, None))[1]
+            mean = unit[k] if old is None else 0.7 * old + 0.3 * unit[k]
+            history[ids[k]] = (f, mean / np.linalg.norm(mean))
+    got = running_feature_negatives(feats, ids, frames, momentum=0.7)
+    np.testing.assert_allclose(np.sort(got), np.sort(want))
+
+
+def test_tracklet_features_average_each_window_of_one_person():
+    feats, ids, frames = _people_walking(3)
+    got, got_ids = tracklet_features(feats, ids, frames, span=10, crops=3, min_crops=4)
+    want, want_ids = [], []
+    for person in range(5):
+        for window in range(6):
+            members = [k for k in range(len(ids)) if ids[k] == person and frames[k] // 10 == window]
+            if len(members) >= 4:
+                picked = [members[int(i * (len(members) - 1) / 2)] for i in range(3)]
+                mean = feats[picked].mean(axis=0)
+                want.append(mean / np.linalg.norm(mean))
+                want_ids.append(person)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    np.testing.assert_allclose(got, want)
+
+
+def test_derived_thresholds_are_the_stated_percentiles():
+    feats, ids, frames = _people_walking(4, noise=0.3)
+    got = derive_appearance_thresholds(feats, ids, frames, momentum=0.8, tracklet_span=10)
+    running = running_feature_negatives(feats, ids, frames, momentum=0.8)
+    tracklets, tracklet_ids = tracklet_features(feats, ids, frames, span=10)
+    d = cosine_distances(tracklets, tracklets)
+    negatives = [d[i, j] for i in range(len(d)) for j in range(i + 1, len(d))
+                 if tracklet_ids[i] != tracklet_ids[j]]
+    assert got.tracker_veto == pytest.approx(np.percentile(running, VETO_PERCENTILE))
+    assert got.reactivation == pytest.approx(np.percentile(running, REACTIVATION_PERCENTILE))
+    assert got.stitch == pytest.approx(np.percentile(negatives, VETO_PERCENTILE))
+    assert got.gallery == pytest.approx(np.percentile(negatives, GALLERY_PERCENTILE))
+    assert got.reactivation < got.tracker_veto and got.gallery < got.stitch
+    with pytest.raises(ValueError, match="different-person pairs"):
+        derive_appearance_thresholds(feats[ids == 0], ids[ids == 0], frames[ids == 0], momentum=0.8)

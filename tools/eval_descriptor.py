@@ -5,7 +5,11 @@
 
 Crops are cut at the ground-truth boxes of every --stride-th frame (boxes more than --max-occlusion covered
 by a box in front are skipped: they show two people). Same-person pairs at least --min-gap frames apart
-are positives, all different-person pairs negatives (see reid.video.separability).
+are positives, all different-person pairs negatives (see reid.video.separability). Also prints the
+appearance thresholds of tracking, stitching and the gallery re-derived for this embedder
+(reid.video.separability.derive_appearance_thresholds; use --stride 1, the tracker's update rate with
+precomputed detections): when the descriptor changes, copy them into TrackerConfig, StitchConfig and
+tools/demo_video.py HANDCRAFTED_MATCH_THRESHOLD.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from reid.video.mot_io import MotFormatError, read_mot_file
 from reid.video.pipeline import crop_boxes
 from reid.video.quality import occlusion_fractions
 from reid.video.reader import VideoReader, VideoSourceError
-from reid.video.separability import separability
+from reid.video.separability import derive_appearance_thresholds, separability
+from reid.video.tracking import TrackerConfig
 
 logger = logging.getLogger("eval_descriptor")
 
@@ -61,12 +66,15 @@ def main(argv: list[str] | None = None) -> int:
                     frames.extend([index] * len(crops))
         if not features:
             raise ValueError(f"no ground-truth box of {args.gt} falls on a frame of {args.video}")
-        report = separability(np.concatenate(features), np.asarray(ids), np.asarray(frames),
-                              min_gap=args.min_gap)
+        features, ids, frames = np.concatenate(features), np.asarray(ids), np.asarray(frames)
+        report = separability(features, ids, frames, min_gap=args.min_gap)
+        thresholds = derive_appearance_thresholds(features, ids, frames,
+                                                  momentum=TrackerConfig().feature_momentum)
     except (FileNotFoundError, MotFormatError, VideoSourceError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
-    print(json.dumps({"embedder": embedder.model_name, "crops": len(ids), **vars(report)}))
+    print(json.dumps({"embedder": embedder.model_name, "crops": len(ids), **vars(report),
+                      "thresholds": {k: round(v, 3) for k, v in vars(thresholds).items()}}))
     return 0
 
 

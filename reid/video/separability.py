@@ -6,6 +6,21 @@ recognise a person after they turned, crossed someone or walked into other light
 pair is a negative. The summary is threshold-free - the ROC AUC, the probability that a random same-person
 pair is closer than a random different-person pair (Mann-Whitney U statistic, ties count half) - plus the
 equal error rate of :func:`reid.gallery.calibration.calibrate_threshold`.
+
+The same labelled crops re-derive the appearance thresholds of tracking, stitching and the gallery whenever
+the descriptor changes (:func:`derive_appearance_thresholds`, printed by ``tools/eval_descriptor.py``). Each
+threshold is a stated percentile of the distances of *different* people at the level the decision compares:
+  * tracker (``TrackerConfig``): a track's running feature (exponential moving average with the tracker's
+    momentum) against a crop of someone else on screen at the time;
+  * stitching and gallery: tracklet features (mean of up to 8 crops spread over ``tracklet_span`` frames)
+    of different people.
+Where motion already says "same person" (the round-1 veto: the detection overlaps the predicted box; the
+stitching gate: the extrapolated trajectories meet) appearance only vetoes a pair that looks less alike than
+a typical pair of different people: the median (``VETO_PERCENTILE``). Where appearance decides nearly alone
+(re-activating a lost track after a gap; joining a gallery identity) only a small share of different-person
+pairs may pass: ``REACTIVATION_PERCENTILE`` and ``GALLERY_PERCENTILE``. These percentiles are the ranks that
+the previously hand-tuned thresholds (0.3, 0.16, 0.2, 0.12) had under the descriptor before foreground
+weighting on PETS 2009 S2.L1 (p65, p5, p48, p11), rounded to round percentiles.
 """
 
 from __future__ import annotations
@@ -27,6 +42,22 @@ class Separability:
     num_negative: int
     positive_median: float
     negative_median: float
+
+
+VETO_PERCENTILE = 50.0
+REACTIVATION_PERCENTILE = 5.0
+GALLERY_PERCENTILE = 10.0
+
+
+@dataclass(frozen=True)
+class AppearanceThresholds:
+    """Cosine-distance thresholds for ``TrackerConfig.max_appearance`` and ``.reactivate_appearance``,
+    ``StitchConfig.max_appearance`` and the handcrafted gallery match threshold."""
+
+    tracker_veto: float
+    reactivation: float
+    stitch: float
+    gallery: float
 
 
 def labelled_pair_distances(features: np.ndarray, ids: np.ndarray, frames: np.ndarray, *,
@@ -63,3 +94,71 @@ def separability(features: np.ndarray, ids: np.ndarray, frames: np.ndarray, *, m
     report = calibrate_threshold(pos, neg)
     return Separability(roc_auc(pos, neg), report.eer, int(pos.size), int(neg.size),
                         float(np.median(pos)), float(np.median(neg)))
+
+
+def running_feature_negatives(features: np.ndarray, ids: np.ndarray, frames: np.ndarray, *, momentum: float,
+                              recent: int = 4) -> np.ndarray:
+    """Distances of each person's running feature (EMA of their L2-normalised crop features over frames, as
+    the tracker keeps it) to every crop of a different person in a frame where the first was seen within
+    ``recent`` frames - the wrong pairs the tracker's association has to reject."""
+    features = np.asarray(features, dtype=np.float64)
+    features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    ids, frames = np.asarray(ids).ravel(), np.asarray(frames).ravel()
+    running: dict[int, np.ndarray] = {}
+    last_seen: dict[int, int] = {}
+    out: list[float] = []
+    for frame in np.unique(frames):
+        here = np.flatnonzero(frames == frame)
+        for k in here:
+            out.extend(1.0 - float(feature @ features[k]) for other, feature in running.items()
+                       if other != ids[k] and frame - last_seen[other] <= recent)
+        for k in here:
+            person = int(ids[k])
+            mean = features[k]
+            if person in running:
+                mean = momentum * running[person] + (1 - momentum) * features[k]
+            running[person] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+            last_seen[person] = int(frame)
+    return np.asarray(out)
+
+
+def tracklet_features(features: np.ndarray, ids: np.ndarray, frames: np.ndarray, *, span: int = 40,
+                      crops: int = 8, min_crops: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Tracklet-level features as the pipeline builds them: per person and window of ``span`` frames, the
+    normalised mean of up to ``crops`` crop features spread evenly over the window (windows with fewer than
+    ``min_crops`` crops are skipped). Returns (features, ids)."""
+    features = np.asarray(features, dtype=np.float64)
+    ids, frames = np.asarray(ids).ravel(), np.asarray(frames).ravel()
+    out, out_ids = [], []
+    for person in np.unique(ids):
+        mine = np.flatnonzero(ids == person)
+        windows = frames[mine] // span
+        for window in np.unique(windows):
+            members = mine[windows == window]
+            if len(members) < min_crops:
+                continue
+            members = members[np.argsort(frames[members], kind="stable")]
+            chosen = members[np.linspace(0, len(members) - 1, min(crops, len(members))).astype(int)]
+            mean = features[chosen].mean(axis=0)
+            out.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+            out_ids.append(person)
+    return np.asarray(out).reshape(-1, features.shape[1]), np.asarray(out_ids)
+
+
+def derive_appearance_thresholds(features: np.ndarray, ids: np.ndarray, frames: np.ndarray, *,
+                                 momentum: float, tracklet_span: int = 40) -> AppearanceThresholds:
+    """The appearance thresholds for the current descriptor, from labelled crops (see module docstring)."""
+    running = running_feature_negatives(features, ids, frames, momentum=momentum)
+    tracklets, tracklet_ids = tracklet_features(features, ids, frames, span=tracklet_span)
+    rows, cols = np.triu_indices(len(tracklet_ids), k=1)
+    different = tracklet_ids[rows] != tracklet_ids[cols]
+    tracklet_negatives = cosine_distances(tracklets, tracklets)[rows, cols][different]
+    if running.size == 0 or tracklet_negatives.size == 0:
+        raise ValueError(f"found {running.size} running-feature and {tracklet_negatives.size} tracklet "
+                         "different-person pairs; need people on screen together and longer tracks")
+    return AppearanceThresholds(
+        tracker_veto=float(np.percentile(running, VETO_PERCENTILE)),
+        reactivation=float(np.percentile(running, REACTIVATION_PERCENTILE)),
+        stitch=float(np.percentile(tracklet_negatives, VETO_PERCENTILE)),
+        gallery=float(np.percentile(tracklet_negatives, GALLERY_PERCENTILE)),
+    )

@@ -20,6 +20,7 @@ choice for pedestrians whose apparent size changes with distance.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,6 +30,8 @@ from reid.video.boxes import iou_matrix
 from reid.video.quality import occlusion_fractions
 
 _INFEASIBLE = 1e6
+
+logger = logging.getLogger(__name__)
 
 
 def xywh_to_xyah(box: np.ndarray) -> np.ndarray:
@@ -89,14 +92,20 @@ class TrackerConfig:
     and ``max_speed`` gate round 2 (appearance distances are cosine distances, 0..2).
     ``max_occlusion_for_update``: a detection more covered than this by a box in front of it does not update
     its track's appearance (its crop shows part of someone else, and would drag the feature towards them).
-    The defaults were tuned on PETS 2009 S2.L1 with Faster R-CNN detections and the handcrafted descriptor."""
+    Frame counts were tuned on PETS 2009 S2.L1 with Faster R-CNN detections. The appearance gates belong to
+    the descriptor: ``max_appearance`` is the median, ``reactivate_appearance`` the 5th percentile of the
+    distances of a person's running feature to other people's crops, measured by ``tools/eval_descriptor.py
+    --stride 1`` (:func:`reid.video.separability.derive_appearance_thresholds`) for the handcrafted descriptor
+    handcrafted-hsv-grad-s8-fg-v2 on PETS 2009 S2.L1 (0.291 and 0.166), rounded down to two decimals:
+    gates that admit a match err towards rejecting it (a wrong re-activation costs more identity quality than
+    a missed one, which offline stitching can still repair). Re-derive them when the descriptor changes."""
 
     n_init: int = 5
     max_age: int = 60
     lost_after: int = 8
     iou_weight: float = 0.2
     min_iou: float = 0.1
-    max_appearance: float = 0.3
+    max_appearance: float = 0.29
     reactivate_appearance: float = 0.16
     new_track_score: float = 0.0
     feature_momentum: float = 0.8
@@ -207,6 +216,8 @@ class Tracker:
                 cost[i, ~self._reachable(track, boxes[det], frame_index)] = np.inf
             cost[app > cfg.reactivate_appearance] = np.inf
             for r, c in assign_finite(cost):
+                logger.debug("frame %d: re-activated track %d at appearance distance %.3f", frame_index,
+                             lost[r].track_id, app[r, c])
                 matches.append((lost[r].track_id, int(det[c])))
             used = {d for _, d in matches}
             unmatched = [d for d in unmatched if d not in used]
