@@ -4,9 +4,10 @@ import cv2
 import numpy as np
 import pytest
 
+from reid.gallery import CropEntry
 from reid.video.descriptor import FEATURE_DIM, describe_crops, foreground_weights
 from reid.video.embedder import HandcraftedEmbedder, build_embedder
-from reid.video.evidence import Observation, TrackEvidence
+from reid.video.evidence import TrackEvidence
 from reid.video.quality import crop_quality, occlusion_fractions
 from reid.video.separability import (
     GALLERY_PERCENTILE,
@@ -83,7 +84,7 @@ def test_evidence_keeps_best_and_weights_feature():
     bank = TrackEvidence(capacity=3)
     for i, q in enumerate([0.1, 0.9, 0.5, 0.7, 0.2]):
         feature = np.eye(4, dtype=np.float32)[i % 4]
-        bank.offer(Observation(i, i / 10, (0, 0, 1, 1), 1.0, q, feature, np.zeros((2, 2, 3), np.uint8)))
+        bank.offer(CropEntry(np.zeros((2, 2, 3), np.uint8), i, i / 10, (0, 0, 1, 1), 1.0, q, feature))
     assert [o.quality for o in bank.best()] == [0.9, 0.7, 0.5]
     expected = 0.9 * np.eye(4)[1] + 0.7 * np.eye(4)[3] + 0.5 * np.eye(4)[2]
     np.testing.assert_allclose(bank.track_feature(), expected / np.linalg.norm(expected), rtol=1e-5)

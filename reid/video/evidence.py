@@ -1,5 +1,7 @@
 """Per-track evidence for the gallery: the best crops seen so far and the track-level feature built from them.
 
+Observations are the gallery's own ``CropEntry`` records, so the best ones go to ``add_track`` as they are.
+
 Only the ``capacity`` highest-quality observations are kept (crops are copied, so frames can be released).
 The track feature is the quality-weighted mean of their features, L2-normalised: good crops dominate, and
 averaging over several views smooths out pose and occlusion, as the gallery compares whole tracks.
@@ -13,27 +15,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Observation:
-    """One detection of a tracked person with everything the gallery stores about it."""
-
-    frame_index: int
-    timestamp_s: float
-    box_xywh: tuple[float, float, float, float]
-    det_score: float
-    quality: float
-    feature: np.ndarray
-    crop: np.ndarray
+from reid.gallery import CropEntry
 
 
 @dataclass
 class TrackEvidence:
     capacity: int = 8
-    _heap: list[tuple[float, int, Observation]] = field(default_factory=list)
+    _heap: list[tuple[float, int, CropEntry]] = field(default_factory=list)
     _counter: itertools.count = field(default_factory=itertools.count)
 
-    def offer(self, observation: Observation) -> None:
+    def offer(self, observation: CropEntry) -> None:
         """Keep the observation if it is among the ``capacity`` best so far (ties: the earlier one stays)."""
         item = (observation.quality, -next(self._counter), observation)
         if len(self._heap) < self.capacity:
@@ -44,7 +35,7 @@ class TrackEvidence:
     def __len__(self) -> int:
         return len(self._heap)
 
-    def best(self, count: int | None = None) -> list[Observation]:
+    def best(self, count: int | None = None) -> list[CropEntry]:
         """Kept observations, best first."""
         ranked = [obs for _, _, obs in sorted(self._heap, key=lambda item: item[:2], reverse=True)]
         return ranked if count is None else ranked[:count]

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from reid.gallery import CropEntry, GalleryStore
 from reid.video.detection import Detections, Detector
 from reid.video.embedder import Embedder
-from reid.video.evidence import Observation, TrackEvidence
+from reid.video.evidence import TrackEvidence
 from reid.video.quality import QualityConfig, crop_quality
 from reid.video.reader import VideoInfo, VideoReader
 from reid.video.self_calibration import video_match_threshold
@@ -170,8 +170,9 @@ class VideoToGallery:
         for track_id, d in step.matches:
             bank = evidence.setdefault(track_id, TrackEvidence(self.config.evidence_capacity))
             box = tuple(float(v) for v in detections.boxes[d])
-            bank.offer(Observation(index, index / fps, box, float(detections.scores[d]), float(quality[d]),
-                                   features[d], crops[d].copy()))
+            bank.offer(CropEntry(image=crops[d].copy(), frame_index=index, timestamp_s=index / fps,
+                                 box_xywh=box, det_score=float(detections.scores[d]),
+                                 quality=float(quality[d]), feature=features[d]))
         return step
 
     def _stitch(self, finished: list[tuple[Track, TrackEvidence | None]], frame_size: tuple[int, int]
@@ -218,13 +219,8 @@ class VideoToGallery:
         if not self._enters_gallery(track, bank):
             result.tracks.append(FinishedTrack(track.track_id, None, False, None, rows, []))
             return
-        crops = [
-            CropEntry(image=obs.crop, frame_index=obs.frame_index, timestamp_s=obs.timestamp_s,
-                      box_xywh=obs.box_xywh, det_score=obs.det_score, quality=obs.quality,
-                      feature=obs.feature)
-            for obs in bank.best(self.config.crops_per_track)
-        ]
-        added = self.store.add_track(result.video_id, self.camera_id, track.track_id, crops,
+        added = self.store.add_track(result.video_id, self.camera_id, track.track_id,
+                                     bank.best(self.config.crops_per_track),
                                      bank.track_feature(), first_frame=rows[0][0], last_frame=rows[-1][0],
                                      match_threshold=match_threshold)
         logger.debug("track %d -> identity %d (%s)", track.track_id, added.identity_id,
