@@ -93,3 +93,27 @@ def test_search_results_are_described_and_drawn(tmp_path):
     plot_search_results(np.zeros((60, 30, 3), np.uint8), hits, tmp_path / "out" / "search.png")
     image = cv2.imread(str(tmp_path / "out" / "search.png"))
     assert image is not None and image.shape[0] > image.shape[1] / 3  # one row per identity
+
+
+def test_calibrate_threshold_from_a_dataset_folder_with_the_default_embedder(tmp_path):
+    from reid.data import build_dataset, generate_synthetic_dataset
+    from reid.video.embedder import build_embedder
+
+    root = generate_synthetic_dataset(tmp_path / "synthetic", num_train_ids=4, num_test_ids=8, num_cameras=2,
+                                      images_per_id_per_camera=2, seed=3)  # fmt: skip
+    out = tmp_path / "calib"
+    argv = ["--dataset-root", str(root), "--max-images", "40", "--output", str(out)]
+    assert load_tool("calibrate_threshold").main(argv) == 0
+
+    # The same distances computed here directly: the handcrafted embedder on the same seeded subset.
+    dataset, embedder, rng = build_dataset("market1501", root), build_embedder(), np.random.default_rng(0)
+    sets = []
+    for records in (dataset.query, dataset.gallery):
+        chosen = sorted(rng.choice(len(records), size=min(len(records), 40), replace=False))
+        crops = [cv2.imread(records[i].path) for i in chosen]
+        sets += [embedder(crops), np.array([records[i].pid for i in chosen]),
+                 np.array([records[i].camid for i in chosen])]  # fmt: skip
+    pos, neg = labelled_pair_distances(*sets, metric="cosine")
+    saved = json.loads((out / "threshold.json").read_text())
+    assert saved["threshold"] == pytest.approx(calibrate_threshold(pos, neg).threshold, rel=1e-5)
+    assert saved["num_positive"] == len(pos) > 0

@@ -64,6 +64,19 @@ def test_demo_on_shipped_clip_writes_everything_and_appends_to_gallery(tmp_path)
         assert len(crops) == store.num_entries > 0
         assert "_c1s2_" in " ".join(p.name for p in crops)  # Market-1501 style: camera 1, video 2
 
+    # The README's last step: search the gallery with one of its crops; its own identity must rank first.
+    query = crops[0]
+    search = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "search_gallery.py"), str(query), "--gallery", str(gallery),
+         "--topk", "3", "--output", str(tmp_path / "search")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert search.returncode == 0, search.stderr
+    hits = json.loads((tmp_path / "search" / "search.json").read_text())["hits"]
+    assert hits[0]["identity_id"] == int(query.name.split("_")[0])
+    assert any(e["crop_path"].endswith(query.name) for e in hits[0]["evidence"])
+    assert cv2.imread(str(tmp_path / "search" / "search.png")) is not None
+
 
 def test_video_without_people(tmp_path):
     clip = write_clip(tmp_path / "empty.avi", [np.full((120, 160, 3), 90, np.uint8)] * 12)

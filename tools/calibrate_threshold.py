@@ -27,6 +27,7 @@ from reid.gallery import GalleryError, GalleryStore, calibrate_threshold
 from reid.gallery.calibration import labelled_pair_distances, plot_distance_histograms
 from reid.gallery.metric import METRICS
 from reid.utils.io import atomic_write_json
+from reid.video.embedder import build_embedder
 
 logger = logging.getLogger("calibrate_threshold")
 
@@ -96,7 +97,7 @@ def embed_dataset(args: argparse.Namespace, embedder) -> tuple[LabelledSet, Labe
         for start in tqdm(range(0, len(chosen), 64), desc=f"embedding {split_name}", unit="batch"):
             batch = [records[i] for i in chosen[start : start + 64]]
             crops = [cv2.cvtColor(read_image(r.path), cv2.COLOR_RGB2BGR) for r in batch]
-            feats.append(np.asarray(embedder.embed(crops), dtype=np.float32))
+            feats.append(np.asarray(embedder(crops), dtype=np.float32))
         pids = np.array([records[i].pid for i in chosen])
         camids = np.array([records[i].camid for i in chosen])
         sets.append((np.concatenate(feats), pids, camids))
@@ -113,8 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.features:
         (query, gallery), model_name = load_feature_file(args.features), args.model_name
     else:
-        from reid.video.embedder import build_embedder
-
         embedder = build_embedder(checkpoint=args.checkpoint, device=args.device)
         (query, gallery), model_name = embed_dataset(args, embedder), embedder.model_name
     pos, neg = labelled_pair_distances(

@@ -22,6 +22,7 @@ from reid.data.image_io import read_image
 from reid.gallery import GalleryError, GalleryStore, IdentityHit
 from reid.gallery.visualize import format_time, plot_search_results
 from reid.utils.io import atomic_write_json
+from reid.video.embedder import build_embedder
 
 logger = logging.getLogger("search_gallery")
 
@@ -69,10 +70,6 @@ def describe(hits: list[IdentityHit]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        from reid.video.embedder import build_embedder
-    except ImportError as exc:
-        raise SystemExit(f"error: the embedder (reid.video.embedder) is not available: {exc}") from exc
     query_bgr = cv2.cvtColor(read_image(args.image), cv2.COLOR_RGB2BGR)
     embedder = build_embedder(checkpoint=args.checkpoint, device=args.device)
     store = GalleryStore.open(
@@ -80,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         read_only=True,
     )  # fmt: skip
     with store:
-        feature = embedder.embed([query_bgr])[0]
+        feature = embedder([query_bgr])[0]
         hits = store.search(feature, topk=args.topk, rerank=args.rerank, evidence_per_identity=args.evidence)
         summary = (
             f"gallery {args.gallery}: {store.num_identities} identities, {store.num_tracks} tracks, "
