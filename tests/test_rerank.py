@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from reid.evaluation.knn import duplicate_labels, normalised_distance_blocks, squared_norms, stable_smallest
+from reid.evaluation import rerank_sparse
+from reid.evaluation.knn import normalised_distance_matrix, stable_smallest
 from reid.evaluation.rerank import re_ranking
 
 
@@ -107,8 +108,7 @@ def test_distance_blocks_give_exact_zeros_for_duplicates_and_stable_neighbour_or
     features[51] = features[50]
     features[51, 0] = -0.0
     tensor = torch.from_numpy(features)
-    blocks = normalised_distance_blocks(tensor, 16, squared_norms(tensor), duplicate_labels(tensor))
-    dist = torch.cat([block.values for block in blocks]).numpy()
+    dist = normalised_distance_matrix(tensor, 16)
     group = [5, *range(10, 20)]
     assert (dist[np.ix_(group, group)] == 0).all() and dist[50, 51] == 0 and dist[51, 50] == 0
     expected = ((features[:, None, :].astype(np.float64) - features[None, :, :]) ** 2).sum(axis=2)
@@ -128,6 +128,26 @@ def test_stable_smallest_orders_ties_by_index_like_a_stable_sort():
         expected = np.argsort(values, axis=1, kind="stable")[:, :prefix]
         np.testing.assert_array_equal(indices[:, :prefix].numpy(), expected)
         np.testing.assert_array_equal(result_values.numpy(), np.sort(values, axis=1)[:, :width])
+
+
+def test_running_smallest_keeps_the_smallest_entries_of_each_row_from_strips_and_their_transposes(
+    monkeypatch,
+):
+    monkeypatch.setattr(rerank_sparse, "DENSE_MERGE_COLUMNS", 7)  # the first strip's merge in several slices
+    rng = np.random.default_rng(8)
+    dist = rng.integers(0, 40, size=(90, 90)).astype(np.float32)  # many ties
+    dist = np.minimum(dist, dist.T)
+    width = 12
+    smallest = rerank_sparse.RunningSmallest(90, width, torch.device("cpu"))
+    for start in range(0, 90, 20):  # the upper strips, as the scan visits them
+        stop = min(start + 20, 90)
+        strip = torch.from_numpy(dist[start:stop, start:].copy())
+        smallest.merge_rows(slice(start, stop), strip, start)
+        smallest.merge_columns(slice(stop, 90), strip[:, stop - start :], start)
+    values, indices = smallest.values.numpy(), smallest.indices.numpy()
+    np.testing.assert_array_equal(np.sort(values, axis=1), np.sort(dist, axis=1)[:, :width])
+    np.testing.assert_array_equal(np.take_along_axis(dist, indices, axis=1), values)
+    assert all(len(set(row)) == width for row in indices)
 
 
 SPARSE_CASES = [

@@ -1,6 +1,6 @@
 """Row-normalised squared-Euclidean distances between all re-ranking nodes, by blocks; stable neighbour lists.
 
-Both re-ranking paths read their distances from :func:`normalised_distance_blocks`, so they see bit-identical
+Both re-ranking paths read their distances from :func:`upper_distance_strips`, so they see bit-identical
 values and break ties the same way: by distance, then by node index (what a stable full sort of a row gives).
 That shared convention is what lets the scalable path reproduce the dense one exactly, duplicates included.
 """
@@ -33,13 +33,12 @@ def default_chunk_size(num_nodes: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -
 
 
 @dataclass(frozen=True)
-class DistanceBlock:
-    """Rows ``start:stop`` of the normalised distance matrix (on the compute device) and their raw maxima."""
+class DistanceStrip:
+    """Raw squared distances of rows ``start:stop`` to the nodes ``start:`` (on the compute device)."""
 
     start: int
     stop: int
     values: torch.Tensor
-    row_max: torch.Tensor
 
 
 def squared_norms(features: torch.Tensor, batch: int = 4096) -> torch.Tensor:
@@ -82,30 +81,79 @@ def duplicate_labels(features: torch.Tensor, key_columns: int = 32) -> torch.Ten
     return torch.as_tensor(labels, device=features.device)
 
 
-def normalised_distance_blocks(
-    features: torch.Tensor, chunk_size: int, norms: torch.Tensor, labels: torch.Tensor | None
-) -> Iterator[DistanceBlock]:
-    """Yield consecutive row blocks of ``d[i, j] / max_j d[i, j]`` with ``d`` the squared Euclidean distance.
+def squared_distance_rows(
+    features: torch.Tensor,
+    norms: torch.Tensor,
+    labels: torch.Tensor | None,
+    rows: torch.Tensor,
+    col_start: int,
+) -> torch.Tensor:
+    """Squared Euclidean distances of the nodes ``rows`` to the nodes ``col_start:`` (not normalised).
 
-    ``d`` is computed as ``|a|^2 + |b|^2 - 2 a.b``, clamped at 0, and set to exactly 0 on the diagonal and
-    between duplicates (``labels`` from :func:`duplicate_labels`). A row whose maximum is 0 stays all 0.
+    ``d`` is computed as ``|b|^2 - 2 a.b + |a|^2``, clamped at 0, and set to exactly 0 between a node and
+    itself and between duplicates (``labels`` from :func:`duplicate_labels`).
+    """
+    block = torch.addmm(norms[None, col_start:], features[rows], features[col_start:].T, alpha=-2.0)
+    block.add_(norms[rows, None]).clamp_(min=0.0)
+    on_diagonal = torch.nonzero(rows >= col_start).flatten()
+    block[on_diagonal, rows[on_diagonal] - col_start] = 0.0
+    if labels is not None:
+        duplicated = torch.nonzero(labels[rows] >= 0).flatten()
+        if duplicated.numel():
+            same = labels[None, col_start:] == labels[rows[duplicated], None]
+            block[duplicated] = block[duplicated].masked_fill_(same, 0.0)
+    return block
+
+
+def upper_distance_strips(
+    features: torch.Tensor, chunk_size: int, norms: torch.Tensor, labels: torch.Tensor | None
+) -> Iterator[DistanceStrip]:
+    """Yield the strips ``d[start:stop, start:]`` of consecutive row blocks: the block upper triangle.
+
+    The distance matrix is symmetric, so this half (N^2 d / 2 multiply-adds) determines it: the entries left
+    of a strip are the transposed columns of earlier strips. Both re-ranking paths use exactly this
+    convention, so they see bit-identical distances even though ``|a|^2 + |b|^2 - 2 a.b`` in float32 is not
+    symmetric to the last bit.
     """
     num_nodes = features.shape[0]
     for start in range(0, num_nodes, chunk_size):
         stop = min(start + chunk_size, num_nodes)
-        block = torch.addmm(norms[None, :], features[start:stop], features.T, beta=1.0, alpha=-2.0)
-        block.add_(norms[start:stop, None]).clamp_(min=0.0)
-        rows = torch.arange(stop - start, device=block.device)
-        block[rows, rows + start] = 0.0
-        if labels is not None:
-            duplicated = torch.nonzero(labels[start:stop] >= 0).flatten()
-            if duplicated.numel():
-                same = labels[None, :] == labels[start + duplicated, None]
-                block[duplicated] = block[duplicated].masked_fill_(same, 0.0)
-        row_max = block.amax(dim=1)
-        block.div_(torch.where(row_max > 0, row_max, torch.ones_like(row_max))[:, None])
-        yield DistanceBlock(start, stop, block, row_max)
-        del block, row_max  # let the next block reuse the memory
+        rows = torch.arange(start, stop, device=features.device)
+        yield DistanceStrip(start, stop, squared_distance_rows(features, norms, labels, rows, start))
+
+
+def normalise_rows(values: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
+    """Divide each row by its raw distance maximum in place (rows whose maximum is 0 stay 0)."""
+    return values.div_(torch.where(row_max > 0, row_max, torch.ones_like(row_max))[:, None])
+
+
+def normalised_distance_matrix(features: torch.Tensor, chunk_size: int) -> np.ndarray:
+    """The dense N x N matrix ``d[i, j] / max_j d[i, j]`` assembled from :func:`upper_distance_strips`."""
+    num_nodes = features.shape[0]
+    dist = np.empty((num_nodes, num_nodes), dtype=np.float32)
+    for strip in upper_distance_strips(
+        features, chunk_size, squared_norms(features), duplicate_labels(features)
+    ):
+        values = strip.values.cpu().numpy()
+        dist[strip.start : strip.stop, strip.start :] = values
+        dist[strip.stop :, strip.start : strip.stop] = values[:, strip.stop - strip.start :].T
+    matrix = torch.from_numpy(dist)
+    normalise_rows(matrix, matrix.amax(dim=1))
+    return dist
+
+
+def order_by_value_then_index(
+    values: torch.Tensor, indices: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each row's (value, index) pairs by value, ties by index: what a stable sort of the row gives."""
+    by_value = torch.sort(values, dim=1).indices
+    values, indices = values.gather(1, by_value), indices.gather(1, by_value)
+    if (values[:, 1:] == values[:, :-1]).any():  # rare outside duplicates: skip the index sort otherwise
+        by_index = torch.argsort(indices, dim=1)
+        values, indices = values.gather(1, by_index), indices.gather(1, by_index)
+        by_value = torch.sort(values, dim=1, stable=True).indices
+        values, indices = values.gather(1, by_value), indices.gather(1, by_value)
+    return values, indices
 
 
 def stable_smallest(block: torch.Tensor, width: int, exact_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,12 +165,7 @@ def stable_smallest(block: torch.Tensor, width: int, exact_prefix: int) -> tuple
     """
     num_cols = block.shape[1]
     width = min(width, num_cols)
-    values, indices = torch.topk(block, width, dim=1, largest=False, sorted=True)
-    if (values[:, 1:] == values[:, :-1]).any():  # rare outside duplicates: skip the re-sort otherwise
-        by_index = torch.argsort(indices, dim=1)
-        values, indices = values.gather(1, by_index), indices.gather(1, by_index)
-        by_value = torch.sort(values, dim=1, stable=True).indices
-        values, indices = values.gather(1, by_value), indices.gather(1, by_value)
+    values, indices = order_by_value_then_index(*torch.topk(block, width, dim=1, largest=False, sorted=False))
     if exact_prefix < width:
         straddling = torch.nonzero(values[:, exact_prefix] == values[:, exact_prefix - 1]).flatten()
         if straddling.numel():

@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import torch
 
-from reid.evaluation.knn import duplicate_labels, normalised_distance_blocks, squared_norms
+from reid.evaluation.knn import normalised_distance_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +38,7 @@ def re_ranking_exact(
         "exact re-ranking: %d nodes, about %.2f GB of dense arrays", num_nodes, 28 * num_nodes**2 / 1e9
     )
     # Step 1: squared Euclidean distances between all nodes, each row divided by its maximum.
-    dist = np.empty((num_nodes, num_nodes), dtype=np.float32)
-    for block in normalised_distance_blocks(
-        features, chunk_size, squared_norms(features), duplicate_labels(features)
-    ):
-        dist[block.start : block.stop] = block.values.cpu().numpy()
+    dist = normalised_distance_matrix(features, chunk_size)
     # Step 2: full stable sort of every row (ties by node index).
     initial_rank = np.argsort(dist, axis=1, kind="stable")
     k1_length = min(k1 + 1, num_nodes)
