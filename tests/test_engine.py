@@ -293,3 +293,17 @@ def test_resume_with_a_different_config_is_refused(resumed_runs):
     changed = _tiny_config(tmp / "data", tmp / "part", **{"solver.base_lr": 0.1})
     with pytest.raises(ResumeConfigError, match=r"solver.base_lr: 0.00035 -> 0.1"):
         Trainer(changed, tmp / "other", resume=tmp / "part" / "last.pt")
+
+
+def test_center_loss_weight_does_not_change_the_centres_gradient(tmp_path):
+    """BoT convention: the centres move at loss.center.lr whatever loss.center.weight is (the weight only
+    scales the centre term's pull on the features), so their gradient must not depend on the weight."""
+    grads = []
+    for weight in (5e-4, 1e-2):
+        cfg = _tiny_config(tmp_path / "data", tmp_path / f"w{weight}", **{"loss.center.weight": weight})
+        trainer = Trainer(cfg, tmp_path / f"w{weight}")
+        images = torch.randn(8, 3, 32, 16, generator=torch.Generator().manual_seed(0))
+        trainer.train_step(images, torch.arange(4).repeat_interleave(2))
+        grads.append(trainer.criterion.center.centers.grad.clone())
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1])

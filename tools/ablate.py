@@ -72,7 +72,7 @@ def run_grid(
                 resume = run_dir / "last.pt" if (run_dir / "last.pt").is_file() else None
                 try:
                     train(cfg, run_dir, resume=resume)
-                except (ValueError, RuntimeError, FileNotFoundError) as exc:
+                except (ValueError, RuntimeError, FileNotFoundError, FloatingPointError) as exc:
                     logger.error("%s seed %d failed: %s", name, seed, exc)
                     failures.append(f"{name}/seed{seed}: {exc}")
                     continue

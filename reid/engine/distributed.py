@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,15 @@ def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     gathered: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def broadcast_parameters(parameters: Iterable[nn.Parameter], ctx: DistContext) -> None:
+    """Copy rank 0's values of parameters that live outside the DDP wrapper (DDP only syncs the model)."""
+    if not ctx.is_distributed:
+        return
+    with torch.no_grad():
+        for param in parameters:
+            dist.broadcast(param.data, src=0)
 
 
 def average_gradients(parameters: list[nn.Parameter], ctx: DistContext) -> None:

@@ -7,8 +7,7 @@ at the first iteration of that epoch, which makes the step schedule identical to
 warm-up. Cosine decays from 1 to 0 between the end of warm-up and ``epochs``.
 
 Center-loss centres get their own plain SGD optimizer (lr ``loss.center.lr``, no weight decay); as in BoT
-their gradient is divided by the center-loss weight before the step, so their update speed does not
-depend on that weight.
+their update speed does not depend on the center-loss weight (``CenterLoss`` divides their gradient by it).
 """
 
 from __future__ import annotations
@@ -47,15 +46,6 @@ def build_loss_optimizer(criterion: nn.Module, loss_cfg: dict[str, Any]) -> torc
     if not params or float(loss_cfg["center"]["weight"]) == 0.0:
         return None
     return torch.optim.SGD(params, lr=float(loss_cfg["center"]["lr"]), weight_decay=0.0)
-
-
-def rescale_center_gradients(optimizer: torch.optim.Optimizer, loss_cfg: dict[str, Any]) -> None:
-    """Undo the center-loss weight on the centres' gradient (BoT convention, see module docstring)."""
-    weight = float(loss_cfg["center"]["weight"])
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            if param.grad is not None:
-                param.grad.mul_(1.0 / weight)
 
 
 class WarmupLRSchedule:

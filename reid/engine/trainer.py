@@ -38,6 +38,7 @@ from reid.engine.distributed import (
     all_gather_objects,
     average_gradients,
     barrier,
+    broadcast_parameters,
     parameter_checksum,
     unwrap_model,
 )
@@ -47,7 +48,6 @@ from reid.engine.optim import (
     WarmupLRSchedule,
     build_loss_optimizer,
     build_optimizer,
-    rescale_center_gradients,
 )
 from reid.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
 from reid.losses import build_criterion
@@ -168,6 +168,8 @@ class Trainer:
         self.criterion = build_criterion(cfg["loss"], self.num_classes, self.model.feature_dim).to(
             self.device
         )
+        # Seeds differ per rank (augmentation), so loss parameters (centres) start from rank 0's values.
+        broadcast_parameters(self.criterion.parameters(), self.ctx)
         self.optimizer = build_optimizer(self.model, self.solver)
         self.loss_optimizer = build_loss_optimizer(self.criterion, cfg["loss"])
         self.scheduler = WarmupLRSchedule(self.optimizer, self.solver, self.iters_per_epoch)
@@ -183,8 +185,11 @@ class Trainer:
 
         self.train_model: nn.Module = self.model
         if self.ctx.is_distributed:
-            # Every parameter receives a gradient each step unless the ID head is switched off.
-            find_unused = float(cfg["loss"]["id"]["weight"]) == 0.0
+            # Every parameter receives a gradient each step unless a head's loss is switched off.
+            loss_cfg = cfg["loss"]
+            find_unused = float(loss_cfg["id"]["weight"]) == 0.0 or (
+                bool(cfg["model"]["adversary"]["enabled"]) and float(loss_cfg["adversary"]["weight"]) == 0.0
+            )
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=device_ids, find_unused_parameters=find_unused
@@ -308,9 +313,8 @@ class Trainer:
         if self.loss_optimizer is not None:
             centres = [p for g in self.loss_optimizer.param_groups for p in g["params"]]
             average_gradients(centres, self.ctx)
-            self.scaler.unscale_(self.loss_optimizer)
-            rescale_center_gradients(self.loss_optimizer, self.cfg["loss"])
-            self.scaler.step(self.loss_optimizer)
+            self.scaler.step(self.loss_optimizer)  # CenterLoss already undoes its weight on the centres
+
         self.scaler.update()
         self.scheduler.step()
 
@@ -392,10 +396,12 @@ class Trainer:
                     logger.info("epoch %d: %s", self.epoch, _format_record(record))
                     self.metrics.log(record, step=self.global_step)
                 period = int(self.solver["checkpoint_period"])
-                if self.epoch == self.epochs or (period > 0 and self.epoch % period == 0):
-                    self._save("last.pt")
+                # best.pt first: last.pt already records the new best, so a crash in between must not
+                # leave a resumable last.pt whose best.pt is stale.
                 if improved:
                     self._save("best.pt")
+                if self.epoch == self.epochs or (period > 0 and self.epoch % period == 0):
+                    self._save("last.pt")
                 barrier(self.ctx)
             if not final and self.ctx.is_main:  # resumed after the last epoch: evaluate what was trained
                 final = self.evaluate()
