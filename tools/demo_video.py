@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from reid.gallery import GalleryError, GalleryStore
+from reid.gallery.schema import DB_FILENAME
 from reid.utils.io import atomic_write_json
 from reid.video.detection import DETECTOR_KINDS, DetectorUnavailableError, build_detector
 from reid.video.embedder import build_embedder
@@ -167,6 +168,7 @@ def write_outputs(
     return {
         "video": result.info.source,
         "frames_read": result.frames_read,
+        "stopped_by": result.stopped_by,
         "seconds": round(seconds, 3),
         "fps_end_to_end": round(result.frames_read / max(seconds, 1e-9), 2),
         "seconds_tracking": round(result.seconds, 3),
@@ -208,7 +210,7 @@ def run(args: argparse.Namespace) -> dict:
     )
     embedder = build_embedder(args.checkpoint, device=args.device)
     threshold = args.match_threshold
-    if threshold is None and args.checkpoint is None and not (Path(args.gallery) / "gallery.sqlite").exists():
+    if threshold is None and args.checkpoint is None and not (Path(args.gallery) / DB_FILENAME).exists():
         threshold = HANDCRAFTED_MATCH_THRESHOLD
     reader = VideoReader(args.video, read_timeout_s=args.read_timeout, max_frames=args.max_frames)
     live_writer = None

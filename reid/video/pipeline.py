@@ -25,7 +25,7 @@ from reid.video.detection import Detections, Detector
 from reid.video.embedder import Embedder
 from reid.video.evidence import TrackEvidence
 from reid.video.quality import QualityConfig, crop_quality
-from reid.video.reader import VideoInfo, VideoReader
+from reid.video.reader import VideoInfo, VideoReader, VideoStallError
 from reid.video.self_calibration import video_match_threshold
 from reid.video.stitching import StitchConfig, merge_tracks, stitch_chains
 from reid.video.tracking import Track, Tracker, TrackerConfig, TrackerStep, track_rows
@@ -84,6 +84,8 @@ class VideoRunResult:
     detection_frames: int = 0
     detections: int = 0
     tracks: list[FinishedTrack] = field(default_factory=list)
+    stopped_by: str | None = None
+    """Why reading ended before the source did (Ctrl-C, a stalled stream); None when it simply ended."""
 
     @property
     def gallery_tracks(self) -> list[FinishedTrack]:
@@ -133,19 +135,29 @@ class VideoToGallery:
         start = time.perf_counter()
         total = info.num_frames if reader.max_frames is None else min(info.num_frames or reader.max_frames,
                                                                          reader.max_frames)
-        for index, frame in tqdm(reader, total=total, desc="frames", unit="frame", disable=not progress):
-            if index % self.config.detect_every == 0:
-                step = self._detect_and_track(tracker, evidence, index, frame, info.fps, result)
-            else:
-                step = tracker.step(index)
-            for track in step.finished:
-                if offline:
-                    pending.append((track, evidence.pop(track.track_id, None)))
+        # A live source ends with Ctrl-C or a stall: what was seen until then still reaches the gallery.
+        try:
+            for index, frame in tqdm(reader, total=total, desc="frames", unit="frame", disable=not progress):
+                if index % self.config.detect_every == 0:
+                    step = self._detect_and_track(tracker, evidence, index, frame, info.fps, result)
                 else:
-                    self._finish(track, evidence.pop(track.track_id, None), result)
-            if on_frame is not None:
-                on_frame(index, frame, [(t.track_id, t.box) for t in tracker.tracks if t.confirmed])
-            result.frames_read = index + 1
+                    step = tracker.step(index)
+                for track in step.finished:
+                    if offline:
+                        pending.append((track, evidence.pop(track.track_id, None)))
+                    else:
+                        self._finish(track, evidence.pop(track.track_id, None), result)
+                if len(evidence) > len(tracker.tracks):  # tentative tracks the tracker dropped
+                    live = {t.track_id for t in tracker.tracks}
+                    for track_id in evidence.keys() - live:
+                        del evidence[track_id]
+                if on_frame is not None:
+                    on_frame(index, frame, [(t.track_id, t.box) for t in tracker.tracks if t.confirmed])
+                result.frames_read = index + 1
+        except (KeyboardInterrupt, VideoStallError) as exc:
+            result.stopped_by = f"{type(exc).__name__}: {exc}".rstrip(": ")
+            logger.warning("stopped reading after %d frames (%s); finishing the tracks seen so far",
+                           result.frames_read, result.stopped_by)
         pending += [(track, evidence.pop(track.track_id, None)) for track in tracker.finish_all()]
         threshold = None
         if offline:
