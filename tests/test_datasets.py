@@ -375,3 +375,18 @@ def test_custom_reader_options_come_from_the_config(tmp_path):
     assert sorted(r.camid for r in dataset.gallery) == [0, 1]
     split_mode = load_dataset(load_config(None, [*overrides[:2], "data.custom.camera_mode=per_split"]))
     assert {r.camid for r in split_mode.gallery} == {1}
+
+
+def test_custom_folders_spelling_the_same_number_stay_different_people(tmp_path):
+    _make_custom_folders(
+        tmp_path,
+        {
+            "query": {"01": ["c1_a.jpg"], "1": ["c1_b.jpg"]},
+            "gallery": {"01": ["c2_c.jpg"], "1": ["c2_d.jpg"]},
+        },
+    )
+    dataset = build_dataset("custom", tmp_path)
+    query = {Path(r.path).name: r.pid for r in dataset.query}
+    gallery = {Path(r.path).name: r.pid for r in dataset.gallery}
+    assert query["c1_a.jpg"] != query["c1_b.jpg"]
+    assert query["c1_a.jpg"] == gallery["c2_c.jpg"] and query["c1_b.jpg"] == gallery["c2_d.jpg"]

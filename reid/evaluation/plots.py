@@ -117,7 +117,7 @@ def _load_thumbnail(path: str) -> np.ndarray | None:
         return None
     try:
         image = read_image(path)
-    except CorruptImageError as error:
+    except (CorruptImageError, OSError) as error:
         logger.warning("ranked list: %s; showing a placeholder", error)
         return None
     height, width = THUMBNAIL_SIZE

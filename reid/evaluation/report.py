@@ -77,9 +77,14 @@ def evaluate_features(
     if settings.rerank is None:
         return EvaluationOutcome(settings, plain, distmat)
     logger.info("re-ranking %s", settings.rerank)
-    reranked_distmat = re_ranking(
-        features.query_features, features.gallery_features, **asdict(settings.rerank), device=device
-    )
+    query, gallery = features.query_features, features.gallery_features
+    if settings.metric == "cosine":
+        # Re-ranking works on squared Euclidean distances; on unit vectors those are 2 - 2 cos, so both
+        # report rows then rank by the same geometry.
+        query, gallery = (
+            f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12) for f in (query, gallery)
+        )
+    reranked_distmat = re_ranking(query, gallery, **asdict(settings.rerank), device=device)
     reranked = evaluate_rank(reranked_distmat, *labels, **options)
     return EvaluationOutcome(settings, plain, distmat, reranked, reranked_distmat)
 

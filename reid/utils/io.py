@@ -25,9 +25,9 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     if encoding is None and "b" not in mode:
         encoding = "utf-8"
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    # mkstemp creates 0600 files; give the result the permissions a plain open() would have.
-    os.chmod(tmp_name, 0o666 & ~_current_umask())
     try:
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would have.
+        os.chmod(tmp_name, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode, encoding=encoding) as handle:
             yield handle
             handle.flush()
@@ -39,10 +39,14 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         raise
 
 
-def _current_umask() -> int:
+def _read_umask() -> int:
+    """The process umask, read once at import (reading it means setting it, which is not thread-safe)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -169,9 +169,14 @@ def _camera_from_name(file_name: str, camera_regex: re.Pattern) -> int | None:
 
 
 def _number_identities(labels: set[str]) -> dict[str, int]:
-    """Keep integer labels as they are (results stay traceable); otherwise number them in sorted order."""
-    if all(label.isdigit() for label in labels):
-        return {label: int(label) for label in labels}
+    """Keep integer labels as they are (results stay traceable); otherwise number them in sorted order.
+
+    Labels that spell the same integer (``01`` and ``1``) are different folders, so they are not merged: the
+    labels are then numbered in sorted order too."""
+    if all(label.isascii() and label.isdigit() for label in labels):
+        numbers = {label: int(label) for label in labels}
+        if len(set(numbers.values())) == len(numbers):
+            return numbers
     return {label: index for index, label in enumerate(sorted(labels))}
 
 
