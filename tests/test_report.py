@@ -163,3 +163,20 @@ def test_write_report_writes_all_files_and_nothing_else(tmp_path):
     for name in ("cmc.png", "ranked_list.png"):
         image = cv2.imread(str(paths[name]))
         assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_a_rerun_killed_mid_report_does_not_look_complete(tmp_path, monkeypatch):
+    """results.json is the commit marker: a crash while the figures are saved leaves no results.json."""
+    import reid.evaluation.report as report
+
+    features = clustered_features()
+    outcome = evaluate_features(features, EvaluationSettings(max_rank=15), device="cpu")
+    write_report(tmp_path / "report", outcome, features, worst_first=False, num_queries=2, topk=3)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "atomic_save_figure", crash)
+    with pytest.raises(KeyboardInterrupt):
+        write_report(tmp_path / "report", outcome, features, worst_first=False, num_queries=2, topk=3)
+    assert not (tmp_path / "report" / "results.json").exists()

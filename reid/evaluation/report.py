@@ -1,7 +1,8 @@
 """Evaluate a feature set and write the report folder: results.json, results.md, cmc.png, ranked_list.png.
 
 Every figure and table is rendered in memory before the first file is written, and each file is written
-atomically, so an interrupted run never leaves a half-written or mixed report.
+atomically, so no file is ever half-written. ``results.json`` is written last and is the report's commit
+marker: a rerun first removes it, so a folder holding results.json holds the other files of that same run.
 """
 
 from __future__ import annotations
@@ -182,10 +183,11 @@ def write_report(
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {name: folder / name for name in rendered}
-    atomic_write_json(paths["results.json"], rendered["results.json"])
+    paths["results.json"].unlink(missing_ok=True)  # an interrupted rerun must not look complete
     atomic_write_text(paths["results.md"], rendered["results.md"])
     for name in ("cmc.png", "ranked_list.png"):
         atomic_save_figure(rendered[name], paths[name])
+    atomic_write_json(paths["results.json"], rendered["results.json"])
     logger.info("report written to %s", folder)
     return paths
 
