@@ -118,6 +118,9 @@ class VideoReader:
             self._put(None)
         except Exception as exc:  # handed to the consumer, which re-raises it
             self._put(exc)
+        finally:
+            if self._stop.is_set():  # close() gave up waiting for a stalled read: release here, after it
+                self._capture.release()
 
     def _put(self, item: object) -> None:
         while not self._stop.is_set():
@@ -162,6 +165,8 @@ class VideoReader:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
+            if self._thread.is_alive():
+                return  # still inside a stalled read(); releasing under it is unsafe, _decode releases
         self._capture.release()
 
     def __enter__(self) -> VideoReader:
