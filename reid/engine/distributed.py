@@ -96,6 +96,16 @@ def all_gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
     return gathered
 
 
+def all_ranks_agree(flag: torch.Tensor, ctx: DistContext) -> bool:
+    """True only if ``flag`` (a boolean scalar tensor) is true on every rank, so all ranks take the same
+    branch: a decision taken on one rank alone would leave the others waiting in the next collective."""
+    if not ctx.is_distributed:
+        return bool(flag)
+    value = flag.detach().to(torch.float32).reshape(1)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item() > 0)
+
+
 def broadcast_parameters(parameters: Iterable[nn.Parameter], ctx: DistContext) -> None:
     """Copy rank 0's values of parameters that live outside the DDP wrapper (DDP only syncs the model)."""
     if not ctx.is_distributed:

@@ -36,6 +36,7 @@ from reid.engine.checkpointing import check_resume_config, load_checkpoint, save
 from reid.engine.distributed import (
     DistContext,
     all_gather_objects,
+    all_ranks_agree,
     average_gradients,
     barrier,
     broadcast_parameters,
@@ -292,9 +293,10 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=self.amp_dtype is not None):
             outputs = self.train_model(images)
         loss, logs = self.criterion(_to_float32(outputs), pids)
-        if not torch.isfinite(loss):
+        if not all_ranks_agree(torch.isfinite(loss), self.ctx):
             raise FloatingPointError(
-                f"Non-finite loss {loss.item()} at epoch {self.epoch + 1}, step {self.global_step}: {logs}"
+                f"Non-finite loss on some rank (this one: {loss.item()}) at epoch {self.epoch + 1}, "
+                f"step {self.global_step}: {logs}"
             )
         self._optimize(loss)
         self.global_step += 1
