@@ -116,3 +116,22 @@ def evaluate_model(
         ranking = evaluate_rank(reranked, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
         results.update(_summarise(ranking, prefix="rerank_"))
     return results
+
+
+def evaluate_unseen_and_seen(
+    model: nn.Module,
+    query: list[ImageRecord],
+    gallery: list[ImageRecord],
+    train_records: list[ImageRecord],
+    cfg: dict[str, Any],
+    *,
+    device: torch.device | str,
+) -> dict[str, Any]:
+    """Test figures on unseen identities plus ``train_mAP``/``train_rank1`` on a held-out split of the
+    training identities: the gap between the two is the over-fitting the framework is meant to reduce."""
+    results = evaluate_model(model, query, gallery, cfg, device=device)
+    train_query, train_gallery = train_identity_split(train_records, seed=int(cfg["seed"]))
+    if train_query:
+        seen = evaluate_model(model, train_query, train_gallery, cfg, device=device, rerank=False)
+        results.update(train_mAP=seen["mAP"], train_rank1=seen["rank1"])
+    return results

@@ -20,7 +20,7 @@ import yaml
 
 from reid.config import load_config, save_config
 from reid.engine.distributed import DistContext, barrier, cleanup, init_distributed
-from reid.engine.evaluate import evaluate_model, train_identity_split
+from reid.engine.evaluate import evaluate_unseen_and_seen
 from reid.engine.trainer import Trainer, load_dataset, run_log_file
 from reid.models import load_retrieval_model
 from reid.utils.io import atomic_write_json
@@ -88,13 +88,9 @@ def _evaluate_on_main(cfg: dict[str, Any], checkpoint: str | Path, run_dir: Path
     save_config(eval_cfg, run_dir / "config.yaml")
     dataset = load_dataset(eval_cfg)
     logger.info("Evaluating %s on %s\n%s", info["model_name"], dataset.name, dataset.summary())
-    results = evaluate_model(model, dataset.query, dataset.gallery, eval_cfg, device=ctx.device)
-    train_query, train_gallery = train_identity_split(dataset.train, seed=int(cfg["seed"]))
-    if train_query:
-        train_results = evaluate_model(
-            model, train_query, train_gallery, eval_cfg, device=ctx.device, rerank=False
-        )
-        results.update(train_mAP=train_results["mAP"], train_rank1=train_results["rank1"])
+    results = evaluate_unseen_and_seen(
+        model, dataset.query, dataset.gallery, dataset.train, eval_cfg, device=ctx.device
+    )
     results.update(
         checkpoint=str(checkpoint), model_name=info["model_name"], elapsed_s=time.perf_counter() - start
     )

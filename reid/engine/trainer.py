@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from reid.config import save_config
-from reid.data import ImageRecord, ReIDDataset, build_dataset
+from reid.data import ReIDDataset, build_dataset
 from reid.data.loaders import build_train_loader
 from reid.engine.checkpointing import check_resume_config, load_checkpoint, save_checkpoint
 from reid.engine.distributed import (
@@ -43,7 +43,7 @@ from reid.engine.distributed import (
     parameter_checksum,
     unwrap_model,
 )
-from reid.engine.evaluate import evaluate_model, train_identity_split
+from reid.engine.evaluate import evaluate_unseen_and_seen
 from reid.engine.metrics_log import MetricsLog
 from reid.engine.optim import (
     WarmupLRSchedule,
@@ -196,7 +196,6 @@ class Trainer:
                 self.model, device_ids=device_ids, find_unused_parameters=find_unused
             )
         self.metrics = MetricsLog(self.run_dir, enabled=self.ctx.is_main)
-        self._train_split: tuple[list[ImageRecord], list[ImageRecord]] | None = None
 
     # ---- checkpoints
     def _checkpoint_state(self) -> dict[str, Any]:
@@ -326,20 +325,11 @@ class Trainer:
     # ---- evaluation
     def evaluate(self) -> dict[str, float]:
         """Test-split figures (unseen identities) plus train-identity figures (over-fitting), on rank 0."""
-        model = unwrap_model(self.model)
-        if self._train_split is None:
-            readable = self.train_loader.dataset.records  # without files data.skip_corrupt left out
-            self._train_split = train_identity_split(readable, seed=int(self.cfg["seed"]))
-        results = evaluate_model(
-            model, self.dataset.query, self.dataset.gallery, self.cfg, device=self.device
+        readable = self.train_loader.dataset.records  # without files data.skip_corrupt left out
+        return evaluate_unseen_and_seen(
+            unwrap_model(self.model), self.dataset.query, self.dataset.gallery, readable, self.cfg,
+            device=self.device,
         )
-        train_query, train_gallery = self._train_split
-        train_results = evaluate_model(
-            model, train_query, train_gallery, self.cfg, device=self.device, rerank=False
-        )
-        results["train_mAP"] = train_results["mAP"]
-        results["train_rank1"] = train_results["rank1"]
-        return results
 
     def _should_evaluate(self) -> bool:
         period = int(self.cfg["test"]["eval_period"])
