@@ -73,15 +73,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def features_from_checkpoint(args: argparse.Namespace) -> tuple[FeatureSet, dict[str, Any]]:
     """Load the retrieval model and extract query/gallery features of the configured dataset."""
-    import torch
-
     from reid.data.datasets import build_dataset
     from reid.engine.extract import extract_features
+    from reid.evaluation.distance import resolve_device
     from reid.models import load_retrieval_model
 
     if not args.checkpoint.is_file():
         raise FileNotFoundError(f"--checkpoint: file not found: {args.checkpoint}")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     model, info = load_retrieval_model(args.checkpoint, device=device)
     data_cfg = dict(info["config"].get("data", {}))
     if args.config is not None:

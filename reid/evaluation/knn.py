@@ -20,13 +20,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_BLOCK_BYTES = 64 * 2**20
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` means the GPU when torch sees one, else the CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def default_chunk_size(num_nodes: int, block_bytes: int = DEFAULT_BLOCK_BYTES) -> int:
     """Rows per distance block so that one block stays near ``block_bytes`` (at least 16 rows)."""
     return int(max(16, min(num_nodes, block_bytes // (4 * max(num_nodes, 1)))))

@@ -20,7 +20,8 @@ import numbers
 import numpy as np
 import torch
 
-from reid.evaluation.knn import default_chunk_size, resolve_device
+from reid.evaluation.distance import resolve_device
+from reid.evaluation.knn import default_chunk_size
 from reid.evaluation.rerank_exact import re_ranking_exact
 from reid.evaluation.rerank_sparse import re_ranking_sparse
 
