@@ -390,3 +390,46 @@ def test_custom_folders_spelling_the_same_number_stay_different_people(tmp_path)
     gallery = {Path(r.path).name: r.pid for r in dataset.gallery}
     assert query["c1_a.jpg"] != query["c1_b.jpg"]
     assert query["c1_a.jpg"] == gallery["c2_c.jpg"] and query["c1_b.jpg"] == gallery["c2_d.jpg"]
+
+
+def _make_cuhk03_folder(root: Path, shots_by_pid: dict[int, list[int]], folders=("labeled", "detected")):
+    for folder in folders:
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for pid, shots in shots_by_pid.items():
+            for shot in shots:
+                (root / folder / f"{pid:04d}_{shot:02d}.jpg").write_bytes(b"")
+
+
+def test_cuhk03_folder_layout_holds_out_the_last_identities(tmp_path):
+    shots = {0: [0, 1, 5, 6], 1: [0, 2, 3, 7, 9], 2: [1, 2, 4, 5, 8], 3: [3, 4, 6]}
+    _make_cuhk03_folder(tmp_path, shots)
+    data = build_dataset("cuhk03", tmp_path, boxes="labeled", num_val_ids=2)
+    assert {r.pid for r in data.train} == {0, 1}
+    assert len(data.train) == 9 and all("labeled" in r.path for r in data.train)
+    # reference: per validation id and camera view (shots 0-4 / 5-9) the lowest shot is the query
+    expected_query, expected_gallery = [], []
+    for pid in (2, 3):
+        for camid in (0, 1):
+            view = sorted(s for s in shots[pid] if s // 5 == camid)
+            for i, shot in enumerate(view):
+                record = ImageRecord(str(tmp_path / "labeled" / f"{pid:04d}_{shot:02d}.jpg"), pid, camid)
+                (expected_query if i == 0 else expected_gallery).append(record)
+    assert sorted(data.query, key=str) == sorted(expected_query, key=str)
+    assert sorted(data.gallery, key=str) == sorted(expected_gallery, key=str)
+    both = build_dataset("cuhk03", tmp_path, boxes="both", num_val_ids=2)
+    assert len(both.train) == 18 and len(both.query) == 2 * len(data.query)
+    assert {Path(r.path).parent.name for r in both.gallery} == {"labeled", "detected"}
+
+
+def test_cuhk03_folder_errors_name_the_problem(tmp_path):
+    _make_cuhk03_folder(tmp_path, {0: [0, 5], 1: [0, 5]}, folders=("labeled",))
+    with pytest.raises(DatasetLayoutError, match="detected"):
+        build_dataset("cuhk03", tmp_path, boxes="detected")
+    with pytest.raises(ValueError, match="data.cuhk03.boxes"):
+        build_dataset("cuhk03", tmp_path, boxes="drawn")
+    with pytest.raises(ValueError, match="num_val_ids"):
+        build_dataset("cuhk03", tmp_path, num_val_ids=2)
+    (tmp_path / "labeled" / "0001_12.jpg").write_bytes(b"")
+    with pytest.raises(DatasetLayoutError, match="0001_12.jpg.*00-09"):
+        build_dataset("cuhk03", tmp_path, num_val_ids=1)
+    assert len(build_dataset("cuhk03", tmp_path, num_val_ids=1, strict=False).train) == 2

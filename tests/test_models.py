@@ -119,3 +119,68 @@ def test_model_config_errors_name_the_key():
         build_model({"backbone": "vgg16"}, 3)
     with pytest.raises(ValueError, match="model.adversary.mode"):
         build_model({**TINY, "adversary": {"mode": "minimax"}}, 3)
+
+
+def test_mobilenetv2_stages_last_stride_and_torchvision_parity():
+    torch.manual_seed(7)
+    reference = torchvision.models.mobilenet_v2(weights=None).eval()
+    path_free = build_backbone("mobilenetv2", last_stride=2)
+    path_free.load_state_dict({f"features.{k}": v for k, v in reference.features.state_dict().items()})
+    path_free.eval()
+    x = torch.randn(2, 3, 128, 64)
+    final, captured = path_free(x, ["layer1", "layer2", "layer3", "layer4.0"])
+    torch.testing.assert_close(final, reference.features(x))
+    assert [captured[n].shape[1:] for n in ("layer1", "layer2", "layer3")] == [
+        (24, 32, 16),
+        (32, 16, 8),
+        (96, 8, 4),
+    ]
+    assert path_free.out_channels == 1280 and path_free.channels("layer4.0") == 160
+    stride1 = build_backbone("mobilenetv2", last_stride=1).eval()
+    assert stride1(x)[0].shape == (2, 1280, 8, 4)
+
+
+def test_mobilenetv2_runs_the_whole_framework():
+    cfg = {
+        "backbone": "mobilenetv2",
+        "pretrained": "none",
+        "gdfl": {"enabled": True, "taps": ["layer2", "layer3", "layer4"], "fuse_dim": 256},
+        "adversary": {"enabled": True, "attach": "gdfl", "hidden": [64]},
+    }
+    model = build_model(cfg, 5).train()
+    out = model(torch.randn(4, 3, 64, 32))
+    assert out["feat"].shape == (4, 256) and out["adv_logits"][0].shape == (4, 5)
+    (out["logits"].sum() + out["adv_logits"][0].sum()).backward()
+    assert model.backbone.features[5].conv[0][0].weight.grad is not None
+    assert model.eval()(torch.randn(2, 3, 64, 32)).shape == (2, 256)
+
+
+def test_weights_under_other_key_names_map_by_position_with_a_shape_check(tmp_path):
+    torch.manual_seed(8)
+    source = torchvision.models.mobilenet_v2(weights=None).features.state_dict()
+    renamed = {f"features.{i}.port_name": v for i, v in enumerate(source.values())}
+    path = tmp_path / "port.pt"
+    torch.save(renamed, path)
+    loaded = build_backbone("mobilenetv2", pretrained=str(path))
+    torch.testing.assert_close(loaded.features[7].conv[0][0].weight, source["7.conv.0.0.weight"])
+    wrong = dict(renamed)
+    first = next(iter(wrong))
+    wrong[first] = torch.zeros(16, 3, 3, 3)
+    torch.save(wrong, tmp_path / "wrong.pt")
+    with pytest.raises(ValueError, match=r"wrong.pt does not match this backbone"):
+        build_backbone("mobilenetv2", pretrained=str(tmp_path / "wrong.pt"))
+
+
+def test_frozen_stages_keep_weights_and_batch_norm_statistics():
+    torch.manual_seed(9)
+    backbone = build_backbone("mobilenetv2", frozen_stages=2).train()
+    frozen_bn = backbone.features[3].conv[0][1]
+    live_bn = backbone.features[4].conv[0][1]
+    before_frozen, before_live = frozen_bn.running_mean.clone(), live_bn.running_mean.clone()
+    backbone(torch.randn(4, 3, 64, 32))[0].sum().backward()
+    assert backbone.features[3].conv[0][0].weight.grad is None
+    assert backbone.features[4].conv[0][0].weight.grad is not None
+    assert torch.equal(frozen_bn.running_mean, before_frozen)
+    assert not torch.equal(live_bn.running_mean, before_live)
+    with pytest.raises(ValueError, match="model.frozen_stages"):
+        build_backbone("resnet18", frozen_stages=9)

@@ -25,6 +25,8 @@ DEFAULTS: dict[str, Any] = {
         },
         # reader options of data.name=custom (see reid/data/datasets/custom.py)
         "custom": {"camera_regex": r"c(\d+)", "camera_mode": "auto"},
+        # reader options of data.name=cuhk03 (see reid/data/datasets/cuhk03.py)
+        "cuhk03": {"boxes": "labeled", "num_val_ids": 100},
         "height": 256,
         "width": 128,
         "pixel_mean": [0.485, 0.456, 0.406],
@@ -40,6 +42,8 @@ DEFAULTS: dict[str, Any] = {
         "backbone": "resnet50",
         "last_stride": 1,
         "pretrained": "imagenet",
+        # leading stages (stem, layer1, ...) kept at their pretrained weights and BN statistics
+        "frozen_stages": 0,
         "gdfl": {
             "enabled": False,
             "taps": ["layer2", "layer3", "layer4"],
@@ -102,9 +106,10 @@ NULLABLE_TYPES: dict[str, type] = {
 
 # Keys restricted to a fixed set of strings.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.name": ("market1501", "dukemtmc", "msmt17", "custom", "synthetic"),
+    "data.name": ("market1501", "dukemtmc", "msmt17", "cuhk03", "custom", "synthetic"),
+    "data.cuhk03.boxes": ("labeled", "detected", "both"),
     "data.custom.camera_mode": ("auto", "per_split"),
-    "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
+    "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv2"),
     "model.gdfl.attention.compat": ("additive", "dot"),
     "model.adversary.attach": ("gdfl", "embedding", "global", "taps"),
     "model.adversary.mode": ("grl", "confusion"),

@@ -84,9 +84,9 @@ def _to_float32(value: Any) -> Any:
 def load_dataset(cfg: dict[str, Any]) -> ReIDDataset:
     """The dataset named by ``cfg.data`` (the synthetic one is generated under data.root when missing).
 
-    ``data.synthetic`` and ``data.custom`` hold the options of those two readers."""
+    ``data.synthetic``, ``data.custom`` and ``data.cuhk03`` hold the options of those readers."""
     data_cfg = cfg["data"]
-    kwargs = dict(data_cfg[data_cfg["name"]]) if data_cfg["name"] in ("synthetic", "custom") else {}
+    kwargs = dict(data_cfg[data_cfg["name"]]) if data_cfg["name"] in ("synthetic", "custom", "cuhk03") else {}
     return build_dataset(data_cfg["name"], data_cfg["root"], **kwargs)
 
 
@@ -163,7 +163,7 @@ class Trainer:
         self.total_steps = self.epochs * self.iters_per_epoch
 
         self.model = build_model(cfg["model"], self.num_classes).to(self.device)
-        self.channels_last = bool(self.solver["channels_last"]) and self.device.type == "cuda"
+        self.channels_last = bool(self.solver["channels_last"])
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.criterion = build_criterion(cfg["loss"], self.num_classes, self.model.feature_dim).to(

@@ -2,7 +2,7 @@
 
 from reid.models.adversary import ClassAdversary, GradientReversal, dann_lambda, grad_reverse, scale_gradient
 from reid.models.attention import AttentionPooling, GDFLHead
-from reid.models.backbone import ResNetBackbone, build_backbone
+from reid.models.backbone import MobileNetV2Backbone, ResNetBackbone, StagedBackbone, build_backbone
 from reid.models.checkpoint import (
     CheckpointError,
     load_model_weights,
@@ -20,9 +20,11 @@ __all__ = [
     "ClassAdversary",
     "GDFLHead",
     "GradientReversal",
+    "MobileNetV2Backbone",
     "ModelConfig",
     "ReIDModel",
     "ResNetBackbone",
+    "StagedBackbone",
     "build_backbone",
     "build_model",
     "dann_lambda",

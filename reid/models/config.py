@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv2")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 COMPATS = ("additive", "dot")
 ATTACH_POINTS = ("gdfl", "embedding", "global", "taps")
@@ -114,6 +114,7 @@ class ModelConfig:
     backbone: str = "resnet50"
     last_stride: int = 1
     pretrained: str | None = "imagenet"
+    frozen_stages: int = 0
     gdfl: GDFLConfig = dataclasses.field(default_factory=GDFLConfig)
     adversary: AdversaryConfig = dataclasses.field(default_factory=AdversaryConfig)
 

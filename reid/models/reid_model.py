@@ -20,7 +20,7 @@ from torch import nn
 
 from reid.models.adversary import AdversarialHeads, dann_lambda
 from reid.models.attention import GDFLHead
-from reid.models.backbone import ResNetBackbone, build_backbone
+from reid.models.backbone import StagedBackbone, build_backbone
 from reid.models.config import ModelConfig
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,9 @@ class ReIDModel(nn.Module):
         self.num_classes = num_classes
         self.retrieval_feat = "after_bn"
         self.adv_lambda = 0.0
-        self.backbone: ResNetBackbone = build_backbone(cfg.backbone, cfg.last_stride, cfg.pretrained)
+        self.backbone: StagedBackbone = build_backbone(
+            cfg.backbone, cfg.last_stride, cfg.pretrained, cfg.frozen_stages
+        )
         global_dim = self.backbone.out_channels
         self.taps: tuple[str, ...] = ()
         self.gdfl: GDFLHead | None = None

@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 
 from .base import ReIDDataset
+from .cuhk03 import load_cuhk03
 from .custom import load_custom
 from .dukemtmc import load_dukemtmc
 from .market1501 import load_market1501
@@ -19,6 +20,7 @@ DATASET_LOADERS: dict[str, Callable[..., ReIDDataset]] = {
     "market1501": load_market1501,
     "dukemtmc": load_dukemtmc,
     "msmt17": load_msmt17,
+    "cuhk03": load_cuhk03,
     "custom": load_custom,
     "synthetic": load_synthetic,
 }
