@@ -2,7 +2,9 @@
 Re-identification", CVPR 2014): 1,467 people, each seen by the two cameras of one of five camera pairs, with
 hand-drawn (``labeled``) and detector (``detected``) boxes of the same shots.
 
-Folder layout (what ``data.root`` points at): ``labeled/`` and/or ``detected/`` holding ``PPPP_II.jpg``,
+Two layouts are read from ``data.root``. If it holds the official release (``cuhk-03.mat`` or a
+``cuhk03_new_protocol_config_*.mat`` split file), :mod:`.cuhk03_mat` reads it with the 767/700 split.
+Otherwise it is the folder layout: ``labeled/`` and/or ``detected/`` holding ``PPPP_II.jpg``,
 person ``PPPP`` and shot ``II``; shots 00-04 are the first camera of the pair and 05-09 the second (the cell
 layout of the official ``cuhk-03.mat``). The same ``PPPP`` is the same person in both folders.
 
@@ -32,12 +34,19 @@ from .base import (
     relabel_train,
     require_existing_root,
 )
+from .cuhk03_mat import MAT_NAME, load_cuhk03_mat, split_file_name
 
 BOX_TYPES = ("labeled", "detected", "both")
 CUHK03_NAME = re.compile(r"(?P<pid>\d{4})_(?P<shot>\d{2})\.(?:jpg|png)")
 SHOTS_PER_CAMERA = 5
 
 logger = logging.getLogger(__name__)
+
+
+def is_official_release(root: Path) -> bool:
+    """Whether ``root`` holds the official ``cuhk-03.mat`` or one of its new-protocol split files."""
+    names = [MAT_NAME] + [split_file_name(box) for box in ("labeled", "detected")]
+    return any((root / name).is_file() for name in names)
 
 
 def _box_folders(boxes: str) -> tuple[str, ...]:
@@ -68,9 +77,14 @@ def _read_folder(folder: Path, strict: bool) -> list[tuple[int, int, str]]:
 def load_cuhk03(
     root: str | os.PathLike, *, boxes: str = "labeled", num_val_ids: int = 100, strict: bool = True
 ) -> ReIDDataset:
-    """Read CUHK03 from ``root`` in the folder layout above."""
+    """Read CUHK03 from ``root``: the official release if it is there, else the folder layout above.
+
+    ``num_val_ids`` only applies to the folder layout; the official release has its own test split.
+    """
     root_path = require_existing_root(root)
     folders = _box_folders(boxes)
+    if is_official_release(root_path):
+        return load_cuhk03_mat(root_path, boxes=boxes)
     missing = [f for f in folders if not (root_path / f).is_dir()]
     if missing:
         raise DatasetLayoutError(
