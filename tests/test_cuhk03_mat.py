@@ -209,3 +209,10 @@ def test_wrong_mat_structure_names_the_file(tmp_path, release):
     mat_path.unlink()
     with pytest.raises(DatasetLayoutError, match=re.escape(str(mat_path))):
         load_cuhk03_mat(root, boxes="labeled")
+
+
+def test_dataset_registry_reads_the_official_release_when_it_is_there(release):
+    from reid.data.datasets import build_dataset
+
+    root = release["root"]
+    assert build_dataset("cuhk03", root, boxes="detected") == load_cuhk03_mat(root, boxes="detected")
