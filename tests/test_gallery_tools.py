@@ -12,6 +12,8 @@ import pytest
 
 from reid.gallery import GalleryMismatchError, GalleryStore, calibrate_threshold
 from reid.gallery.calibration import labelled_pair_distances
+from reid.video.separability import image_set_thresholds
+from reid.video.tracking import TrackerConfig
 
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
@@ -105,7 +107,7 @@ def test_calibrate_threshold_from_a_dataset_folder_with_the_default_embedder(tmp
     argv = ["--dataset-root", str(root), "--max-images", "40", "--output", str(out)]
     assert load_tool("calibrate_threshold").main(argv) == 0
 
-    # The same distances computed here directly: the handcrafted embedder on the same seeded subset.
+    # The same distances computed here directly: the default embedder on the same seeded subset.
     dataset, embedder, rng = build_dataset("market1501", root), build_embedder(), np.random.default_rng(0)
     sets = []
     for records in (dataset.query, dataset.gallery):
@@ -117,3 +119,32 @@ def test_calibrate_threshold_from_a_dataset_folder_with_the_default_embedder(tmp
     saved = json.loads((out / "threshold.json").read_text())
     assert saved["threshold"] == pytest.approx(calibrate_threshold(pos, neg).threshold, rel=1e-5)
     assert saved["num_positive"] == len(pos) > 0
+    gates = json.loads((out / "appearance_thresholds.json").read_text())
+    expected = image_set_thresholds(np.concatenate(sets[0::3]), np.concatenate(sets[1::3]),
+                                    np.concatenate(sets[2::3]), momentum=TrackerConfig().feature_momentum)
+    assert gates["gallery"] == pytest.approx(expected.gallery, rel=1e-5)
+    assert gates["model_name"] == embedder.model_name
+
+
+def test_calibrated_thresholds_are_written_into_the_checkpoint_and_used(tmp_path):
+    import shutil
+
+    from reid.data import generate_synthetic_dataset
+    from reid.video.embedder import DEFAULT_MODEL_PATH, build_embedder
+
+    root = generate_synthetic_dataset(tmp_path / "synthetic", num_train_ids=4, num_test_ids=8, num_cameras=2,
+                                      images_per_id_per_camera=2, seed=3)  # fmt: skip
+    model = shutil.copy(DEFAULT_MODEL_PATH, tmp_path / "model.pt")
+    before = build_embedder(model)
+    argv = ["--dataset-root", str(root), "--checkpoint", str(model), "--write-thresholds",
+            "--output", str(tmp_path / "calib")]  # fmt: skip
+    assert load_tool("calibrate_threshold").main(argv) == 0
+    after = build_embedder(model)
+    written = json.loads((tmp_path / "calib" / "appearance_thresholds.json").read_text())
+    assert after.appearance.gallery == pytest.approx(written["gallery"])
+    assert after.appearance != before.appearance
+    assert after.model_name == before.model_name  # the weights, hence the gallery's model name, are kept
+    with pytest.raises(SystemExit):  # nothing to write into
+        load_tool("calibrate_threshold").parse_args(
+            ["--dataset-root", str(root), "--embedder", "handcrafted", "--write-thresholds"]
+        )

@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 
 from reid.gallery import GalleryStore
-from reid.video.descriptor import DESCRIPTOR_NAME, FEATURE_DIM
+from reid.video.embedder import build_embedder
 from reid.video.mot_io import read_mot_file
 from reid.video.reader import VideoReader, VideoSourceError
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "tools" / "demo_video.py"
+DEFAULT_EMBEDDER = build_embedder()
 
 
 def demo(*args):
@@ -56,8 +57,12 @@ def test_demo_on_shipped_clip_writes_everything_and_appends_to_gallery(tmp_path)
     assert second.returncode == 0, second.stderr
     again = json.loads((out2 / "summary.json").read_text())
     assert again["identities_matched"] >= 1
+    assert summary["settings"]["embedder"] == DEFAULT_EMBEDDER.model_name  # the shipped model by default
     with GalleryStore.open(
-        gallery, model_name=DESCRIPTOR_NAME, feature_dim=FEATURE_DIM, create=False
+        gallery,
+        model_name=DEFAULT_EMBEDDER.model_name,
+        feature_dim=DEFAULT_EMBEDDER.feature_dim,
+        create=False,
     ) as store:
         assert store.num_tracks == summary["gallery_tracks"] + again["gallery_tracks"]
         crops = sorted((gallery / "crops").rglob("*.jpg"))

@@ -6,14 +6,16 @@ import pytest
 
 from reid.gallery import CropEntry
 from reid.video.descriptor import FEATURE_DIM, describe_crops, foreground_weights
-from reid.video.embedder import HandcraftedEmbedder, build_embedder
+from reid.video.embedder import CheckpointEmbedder, HandcraftedEmbedder, build_embedder
 from reid.video.evidence import TrackEvidence
 from reid.video.quality import crop_quality, occlusion_fractions
 from reid.video.separability import (
     GALLERY_PERCENTILE,
     REACTIVATION_PERCENTILE,
     VETO_PERCENTILE,
+    AppearanceThresholds,
     derive_appearance_thresholds,
+    image_set_thresholds,
     labelled_pair_distances,
     roc_auc,
     running_feature_negatives,
@@ -57,9 +59,13 @@ def test_descriptor_rejects_bad_crops_and_handles_empty():
 
 
 def test_embedders():
-    emb = build_embedder(None)
+    emb = build_embedder("handcrafted")
     assert isinstance(emb, HandcraftedEmbedder) and emb.feature_dim == FEATURE_DIM
     assert emb([person(10, 20)]).shape == (1, FEATURE_DIM)
+    shipped = build_embedder()  # the trained model in assets/, with its calibrated video gates
+    assert isinstance(shipped, CheckpointEmbedder) and shipped.appearance is not None
+    features = shipped([person(10, 20), person(200, 20)])
+    assert features.shape == (2, shipped.feature_dim) and np.isfinite(features).all()
     with pytest.raises(Exception, match="nope"):
         build_embedder("/nonexistent/nope.pt")
 
@@ -213,3 +219,43 @@ def test_derived_thresholds_are_the_stated_percentiles():
     assert got.reactivation < got.tracker_veto and got.gallery < got.stitch
     with pytest.raises(ValueError, match="different-person pairs"):
         derive_appearance_thresholds(feats[ids == 0], ids[ids == 0], frames[ids == 0], momentum=0.8)
+
+
+def test_image_set_thresholds_match_a_loop_over_person_camera_groups():
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(5, 12))
+    pids = rng.integers(0, 5, size=60)
+    camids = rng.integers(0, 2, size=60)
+    feats = centres[pids] + 0.6 * rng.normal(size=(60, 12))
+    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+    running, tracklets = [], []
+    for pid in range(5):
+        for cam in range(2):
+            members = [k for k in range(60) if pids[k] == pid and camids[k] == cam]
+            if not members:
+                continue
+            state = unit[members[0]]
+            for position, k in enumerate(members):
+                if position:
+                    state = 0.8 * state + 0.2 * unit[k]
+                    state = state / np.linalg.norm(state)
+                running += [1 - state @ unit[j] for j in range(60) if pids[j] != pid]
+            mean = unit[members[:3]].mean(axis=0)
+            tracklets.append((pid, mean / np.linalg.norm(mean)))
+    negatives = [1 - a @ b for i, (p, a) in enumerate(tracklets) for q, b in tracklets[i + 1:] if p != q]
+    got = image_set_thresholds(feats, pids, camids, momentum=0.8, tracklet_crops=3)
+    assert got.tracker_veto == pytest.approx(np.percentile(running, VETO_PERCENTILE))
+    assert got.reactivation == pytest.approx(np.percentile(running, REACTIVATION_PERCENTILE))
+    assert got.stitch == pytest.approx(np.percentile(negatives, VETO_PERCENTILE))
+    assert got.gallery == pytest.approx(np.percentile(negatives, GALLERY_PERCENTILE))
+    with pytest.raises(ValueError, match="two or more people"):
+        image_set_thresholds(feats[pids == 0], pids[pids == 0], camids[pids == 0], momentum=0.8)
+
+
+def test_stored_thresholds_are_checked_when_read_back():
+    stored = {"tracker_veto": 0.3, "reactivation": 0.1, "stitch": 0.25, "gallery": 0.2}
+    assert AppearanceThresholds.from_mapping(stored, "m.pt") == AppearanceThresholds(0.3, 0.1, 0.25, 0.2)
+    with pytest.raises(ValueError, match="m.pt.*tracker_veto"):
+        AppearanceThresholds.from_mapping({"gallery": 0.2}, "m.pt")
+    with pytest.raises(ValueError, match="m.pt.*in \\[0, 2\\]"):
+        AppearanceThresholds.from_mapping({**stored, "stitch": float("nan")}, "m.pt")

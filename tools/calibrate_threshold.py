@@ -5,20 +5,28 @@
     python tools/calibrate_threshold.py --features feats.npz --target fpr=0.01
     # from a dataset folder, embedded with the gallery's embedder, storing the result into the gallery
     python tools/calibrate_threshold.py --dataset-root data/market1501 --gallery runs/demo/gallery --store
+    # a model's video gates, from held-out identities, written into the model file
+    python tools/calibrate_threshold.py --dataset cuhk03 --dataset-root ../shared/data/cuhk03 \
+        --dataset-option boxes=both --checkpoint runs/m/model.pt --write-thresholds
 
 Prints the threshold with its false-merge (FPR) and false-split (FNR) rates and the equal error rate, and
-writes ``threshold.json`` and ``distance_histogram.png`` into --output.
+writes ``threshold.json`` and ``distance_histogram.png`` into --output. With --dataset-root it also derives
+the embedder's appearance thresholds for video (tracker, stitching, new-gallery match threshold; see
+reid.video.separability.image_set_thresholds); --write-thresholds stores them in the checkpoint, where
+tools/demo_video.py reads them.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 from tqdm import tqdm
 
 from reid.data.image_io import read_image
@@ -26,8 +34,17 @@ from reid.evaluation.features_file import load_features
 from reid.gallery import GalleryError, GalleryStore, calibrate_threshold
 from reid.gallery.calibration import labelled_pair_distances, plot_distance_histograms
 from reid.gallery.metric import METRICS
-from reid.utils.io import atomic_write_json
-from reid.video.embedder import build_embedder
+from reid.models.checkpoint import read_checkpoint
+from reid.utils.io import atomic_torch_save, atomic_write_json
+from reid.video.embedder import (
+    HANDCRAFTED,
+    add_embedder_arguments,
+    build_embedder,
+    embedder_choice,
+    embedder_path,
+)
+from reid.video.separability import AppearanceThresholds, image_set_thresholds
+from reid.video.tracking import TrackerConfig
 
 logger = logging.getLogger("calibrate_threshold")
 
@@ -53,8 +70,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--features", help=".npz feature file (query/gallery features, pids, camids)")
     source.add_argument("--dataset-root", help="dataset folder to embed (query and gallery splits)")
     parser.add_argument("--dataset", default="market1501", help="dataset layout for --dataset-root")
-    parser.add_argument("--checkpoint", help="re-ID checkpoint for --dataset-root (default: handcrafted)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--dataset-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="reader option for --dataset (repeatable), e.g. boxes=both for cuhk03",
+    )
+    add_embedder_arguments(parser, purpose="to embed --dataset-root with")
+    parser.add_argument(
+        "--write-thresholds",
+        action="store_true",
+        help="store the derived video appearance thresholds in --checkpoint (atomic rewrite)",
+    )
     parser.add_argument(
         "--max-images", type=int, default=4000, help="images embedded per split (random, seeded)"
     )
@@ -69,10 +97,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.store and not args.gallery:
         parser.error("--store needs --gallery")
+    if args.write_thresholds and (not args.dataset_root or args.embedder == HANDCRAFTED):
+        parser.error("--write-thresholds needs --dataset-root and a --checkpoint file to write into")
     if args.store and args.features and not args.model_name:
         parser.error("--features --store needs --model-name (the model that wrote the features) to check it "
                      "against the gallery's")  # fmt: skip
     return args
+
+
+def parse_options(items: list[str]) -> dict:
+    """KEY=VALUE strings -> reader keyword arguments (values parsed as YAML scalars: 100, true, both)."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--dataset-option must be KEY=VALUE, got {item!r}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def write_thresholds(checkpoint: str, thresholds: AppearanceThresholds) -> None:
+    """Rewrite ``checkpoint`` with ``appearance_thresholds`` added (weights untouched, so its model name)."""
+    ckpt = read_checkpoint(checkpoint)
+    ckpt["appearance_thresholds"] = dataclasses.asdict(thresholds)
+    atomic_torch_save(ckpt, checkpoint)
 
 
 def load_feature_file(path: str) -> tuple[LabelledSet, LabelledSet]:
@@ -86,7 +134,7 @@ def embed_dataset(args: argparse.Namespace, embedder) -> tuple[LabelledSet, Labe
     """Embed a random subset (at most --max-images per split) of a dataset's query and gallery images."""
     from reid.data.datasets import build_dataset
 
-    dataset = build_dataset(args.dataset, args.dataset_root)
+    dataset = build_dataset(args.dataset, args.dataset_root, **parse_options(args.dataset_option))
     rng = np.random.default_rng(args.seed)
     sets = []
     for split_name, records in (("query", dataset.query), ("gallery", dataset.gallery)):
@@ -114,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.features:
         (query, gallery), model_name = load_feature_file(args.features), args.model_name
     else:
-        embedder = build_embedder(checkpoint=args.checkpoint, device=args.device)
+        embedder = build_embedder(embedder_choice(args), device=args.device)
         (query, gallery), model_name = embed_dataset(args, embedder), embedder.model_name
     pos, neg = labelled_pair_distances(
         *query, *gallery, metric=metric, max_negatives=args.max_negatives, seed=args.seed
@@ -126,6 +174,22 @@ def main(argv: list[str] | None = None) -> int:
         output / "threshold.json", {**report.to_dict(), "metric": metric, "model_name": model_name}
     )
     plot_distance_histograms(pos, neg, report, output / "distance_histogram.png", title=f"{metric} distances")
+    if args.dataset_root:
+        features = np.concatenate([query[0], gallery[0]])
+        thresholds = image_set_thresholds(
+            features,
+            np.concatenate([query[1], gallery[1]]),
+            np.concatenate([query[2], gallery[2]]),
+            momentum=TrackerConfig().feature_momentum,
+        )
+        print(f"appearance thresholds for {model_name}: {dataclasses.asdict(thresholds)}")
+        atomic_write_json(
+            output / "appearance_thresholds.json",
+            {"model_name": model_name, "dataset": args.dataset, **dataclasses.asdict(thresholds)},
+        )
+        if args.write_thresholds:
+            write_thresholds(embedder_path(args.checkpoint), thresholds)
+            print(f"wrote them into {embedder_path(args.checkpoint)}")
     print(f"wrote {output / 'threshold.json'} and {output / 'distance_histogram.png'}")
     if args.store:
         with GalleryStore.open(

@@ -3,6 +3,7 @@
 
     python tools/demo_video.py                                    # the clip shipped in assets/
     python tools/demo_video.py footage.mp4 --gallery runs/g --camera-id 2 --checkpoint runs/x/best.pt
+    python tools/demo_video.py footage.mp4 --embedder handcrafted    # no CNN: colour/gradient descriptor
     python tools/demo_video.py rtsp://cam/stream --gallery runs/g --max-frames 3000
     python tools/demo_video.py vtest.avi --detections det.txt    # precomputed MOTChallenge detections
 
@@ -10,6 +11,11 @@ Writes into --output: summary.json, annotated.mp4 (boxes labelled with track and
 tracks.txt and identities.txt (MOTChallenge results: frame,id,x,y,w,h,score,-1,-1,-1, frames 1-based),
 contact_sheet.png (one row of crops per gallery identity of this run). The gallery (--gallery) is opened
 or created and appended to; search it later with tools/search_gallery.py.
+
+People are embedded with the shipped re-ID model (assets/models/cuhk03_mobilenetv2.pt) unless --checkpoint
+or --embedder says otherwise. The appearance gates of the tracker and the stitcher, and a new gallery's match
+threshold, come with the embedder (calibrated on held-out identities of its training data, never on test
+footage).
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ from reid.gallery import GalleryError, GalleryStore
 from reid.gallery.schema import DB_FILENAME
 from reid.utils.io import atomic_write_json
 from reid.video.detection import DETECTOR_KINDS, DetectorUnavailableError, build_detector
-from reid.video.embedder import build_embedder
+from reid.video.embedder import add_embedder_arguments, build_embedder, embedder_choice
 from reid.video.mot_io import MotFormatError, write_mot_results
-from reid.video.pipeline import PipelineConfig, VideoRunResult, VideoToGallery
+from reid.video.pipeline import VideoRunResult, VideoToGallery, pipeline_config_for
 from reid.video.reader import VideoReader, VideoSourceError
 from reid.video.visualize import (
     AtomicVideoWriter,
@@ -42,14 +48,6 @@ logger = logging.getLogger("demo_video")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CLIP = REPO_ROOT / "assets" / "vtest_clip.avi"
-HANDCRAFTED_MATCH_THRESHOLD = 0.12
-"""Cosine distance under which a track joins an identity, for the handcrafted descriptor: the 10th percentile
-of the distances of different people's tracklet features (handcrafted-hsv-grad-s8-fg-v2 on PETS 2009 S2.L1:
-0.127, rounded down like the tracker gates), printed by tools/eval_descriptor.py
-(reid.video.separability.derive_appearance_thresholds); re-derive it when the descriptor changes. Within one
-video it is further capped by the co-visible pairs."""
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -62,9 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--gallery", default="runs/demo/gallery", help="gallery folder (created if absent)")
     parser.add_argument("--output", default="runs/demo", help="folder for summary, video, tracks, sheet")
-    parser.add_argument(
-        "--checkpoint", help="re-ID checkpoint from tools/train_reid.py (default: handcrafted)"
-    )
+    add_embedder_arguments(parser, purpose="from tools/train_reid.py")
     parser.add_argument("--camera-id", type=int, default=0, help="camera number recorded in the gallery")
     parser.add_argument(
         "--detector", choices=[k for k in DETECTOR_KINDS if k != "precomputed"], default="hog"
@@ -90,12 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--match-threshold",
         type=float,
         default=None,
-        help="gallery distance to join an identity (default: the gallery's; "
-        f"{HANDCRAFTED_MATCH_THRESHOLD} for the handcrafted descriptor on a new gallery)",
+        help="gallery distance to join an identity (default: the gallery's; on a new gallery, the one "
+        "calibrated for the embedder)",
     )
     parser.add_argument("--read-timeout", type=float, default=10.0, help="seconds to wait for a frame")
     parser.add_argument("--no-video", action="store_true", help="skip the annotated video")
-    parser.add_argument("--device", default="cpu", help="torch device for --checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -208,10 +203,12 @@ def run(args: argparse.Namespace) -> dict:
     detector = build_detector(
         args.detector, detections=args.detections, onnx_model=args.onnx_model, resize=args.resize
     )
-    embedder = build_embedder(args.checkpoint, device=args.device)
+    embedder = build_embedder(embedder_choice(args), device=args.device)
+    config = pipeline_config_for(embedder, detect_every=detect_every)
     threshold = args.match_threshold
-    if threshold is None and args.checkpoint is None and not (Path(args.gallery) / DB_FILENAME).exists():
-        threshold = HANDCRAFTED_MATCH_THRESHOLD
+    new_gallery = not (Path(args.gallery) / DB_FILENAME).exists()
+    if threshold is None and new_gallery and embedder.appearance is not None:
+        threshold = embedder.appearance.gallery
     reader = VideoReader(args.video, read_timeout_s=args.read_timeout, max_frames=args.max_frames)
     live_writer = None
     try:
@@ -237,7 +234,7 @@ def run(args: argparse.Namespace) -> dict:
                 embedder,
                 store,
                 camera_id=args.camera_id,
-                config=PipelineConfig(detect_every=detect_every),
+                config=config,
             )
             result = pipeline.run(reader, on_frame=on_frame, progress=not args.quiet)
             live_video = live_writer.commit() if live_writer is not None else None

@@ -1,15 +1,14 @@
 #!/usr/bin/env python
 """How well the appearance embedder separates people of a video with ground truth: ROC AUC and EER.
 
-    python tools/eval_descriptor.py vtest.avi --gt gt.txt [--checkpoint best.pt] [--stride 5] [--min-gap 50]
+    python tools/eval_descriptor.py vtest.avi --gt gt.txt [--embedder handcrafted] [--stride 5] [--min-gap 50]
 
 Crops are cut at the ground-truth boxes of every --stride-th frame (boxes more than --max-occlusion covered
 by a box in front are skipped: they show two people). Same-person pairs at least --min-gap frames apart
 are positives, all different-person pairs negatives (see reid.video.separability). Also prints the
-appearance thresholds of tracking, stitching and the gallery re-derived for this embedder
-(reid.video.separability.derive_appearance_thresholds; use --stride 1, the tracker's update rate with
-precomputed detections): when the descriptor changes, copy them into TrackerConfig, StitchConfig and
-tools/demo_video.py HANDCRAFTED_MATCH_THRESHOLD.
+appearance thresholds that this video's ground truth would give (derive_appearance_thresholds), to compare
+with the embedder's own: this is scoring, so never copy them into the product (the embedder's thresholds
+come from held-out identities of its training data: tools/calibrate_threshold.py --write-thresholds).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from reid.video.embedder import build_embedder
+from reid.video.embedder import add_embedder_arguments, build_embedder, embedder_choice
 from reid.video.mot_io import MotFormatError, read_mot_file
 from reid.video.pipeline import crop_boxes
 from reid.video.quality import occlusion_fractions
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("video")
     parser.add_argument("--gt", required=True, help="MOTChallenge ground truth of the video")
-    parser.add_argument("--checkpoint", help="re-ID checkpoint (default: the handcrafted descriptor)")
+    add_embedder_arguments(parser, purpose="to embed the crops with")
     parser.add_argument("--stride", type=int, default=5, help="use every N-th frame")
     parser.add_argument("--min-gap", type=int, default=50, help="frames between a same-person pair")
     parser.add_argument("--max-occlusion", type=float, default=0.3)
@@ -51,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         gt = read_mot_file(args.gt)
         gt = gt.select(gt.scores > 0)
         rows_of_frame = gt.by_frame()
-        embedder = build_embedder(args.checkpoint)
+        embedder = build_embedder(embedder_choice(args), device=args.device)
         features, ids, frames = [], [], []
         with VideoReader(args.video) as reader:
             for index, frame in tqdm(reader, desc="frames", unit="frame"):
@@ -73,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, MotFormatError, VideoSourceError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
+    gates = embedder.appearance
+    own = None if gates is None else {k: round(v, 3) for k, v in vars(gates).items()}
     print(json.dumps({"embedder": embedder.model_name, "crops": len(ids), **vars(report),
-                      "thresholds": {k: round(v, 3) for k, v in vars(thresholds).items()}}))
+                      "thresholds_from_this_video": {k: round(v, 3) for k, v in vars(thresholds).items()},
+                      "thresholds_of_the_embedder": own}))
     return 0
 
 

@@ -3,10 +3,10 @@
 
     python tools/search_gallery.py person.jpg --gallery runs/demo/gallery --topk 10 [--rerank]
 
-The query is embedded with the same embedder the gallery was built with (the handcrafted descriptor unless
---checkpoint is given); a gallery built with another model or dimension is refused. Prints the ranked
-identities with their evidence (video, camera, time, crop) and writes ``search.png`` and ``search.json``
-into --output.
+The query is embedded with the same embedder the gallery was built with (the shipped re-ID model unless
+--checkpoint names another file or --embedder handcrafted); a gallery built with another model or dimension is
+refused. Prints the ranked identities with their evidence (video, camera, time, crop) and writes
+``search.png`` and ``search.json`` into --output.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from reid.data.image_io import read_image
 from reid.gallery import GalleryError, GalleryStore, IdentityHit
 from reid.gallery.visualize import format_time, plot_search_results
 from reid.utils.io import atomic_write_json
-from reid.video.embedder import build_embedder
+from reid.video.embedder import add_embedder_arguments, build_embedder, embedder_choice
 
 logger = logging.getLogger("search_gallery")
 
@@ -37,10 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--rerank", action="store_true", help="k-reciprocal re-ranking over the gallery entries"
     )
-    parser.add_argument(
-        "--checkpoint", help="re-ID checkpoint the gallery was built with (default: handcrafted)"
-    )
-    parser.add_argument("--device", default="cpu", help="torch device for --checkpoint (default cpu)")
+    add_embedder_arguments(parser, purpose="the gallery was built with")
     parser.add_argument("--output", default="runs/search", help="folder for search.png and search.json")
     parser.add_argument("--evidence", type=int, default=5, help="crops shown per identity (default 5)")
     args = parser.parse_args(argv)
@@ -71,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     query_bgr = cv2.cvtColor(read_image(args.image), cv2.COLOR_RGB2BGR)
-    embedder = build_embedder(checkpoint=args.checkpoint, device=args.device)
+    embedder = build_embedder(embedder_choice(args), device=args.device)
     store = GalleryStore.open(
         args.gallery, model_name=embedder.model_name, feature_dim=embedder.feature_dim, create=False,
         read_only=True,

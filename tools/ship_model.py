@@ -36,15 +36,15 @@ def main(argv: list[str] | None = None) -> int:
         key: value.half() if value.is_floating_point() and not args.fp32 else value
         for key, value in retrieval_state_dict(model).items()
     }
-    atomic_torch_save(
-        {
-            "model": state,
-            "config": info["config"],
-            "num_classes": info["num_classes"],
-            "epoch": info["epoch"],
-        },
-        args.out,
-    )
+    shipped = {
+        "model": state,
+        "config": info["config"],
+        "num_classes": info["num_classes"],
+        "epoch": info["epoch"],
+    }
+    if info["appearance_thresholds"] is not None:  # calibrated video gates travel with the weights
+        shipped["appearance_thresholds"] = info["appearance_thresholds"]
+    atomic_torch_save(shipped, args.out)
     print(f"wrote {args.out} ({info['model_name']}, feature dim {info['feature_dim']})")
     return 0
 

@@ -133,7 +133,8 @@ def load_retrieval_model(
     """Rebuild the model of a training checkpoint for feature extraction (eval mode, heads ignored).
 
     Returns ``(model, info)``; info: ``input_size`` (h, w), ``mean``, ``std``, ``feature_dim``, ``config``,
-    ``model_name`` (e.g. ``resnet50-gdfl-<weights hash>``), ``num_classes``, ``epoch``.
+    ``model_name`` (e.g. ``resnet50-gdfl-<weights hash>``), ``num_classes``, ``epoch``,
+    ``appearance_thresholds`` (the video gates calibrated for this model, a dict, or None).
     """
     ckpt = read_checkpoint(checkpoint_path)
     config = ckpt["config"]
@@ -165,6 +166,7 @@ def load_retrieval_model(
         "model_name": f"{model.describe()}-{weights_fingerprint(retrieval_state_dict(model))}",
         "num_classes": num_classes,
         "epoch": ckpt.get("epoch"),
+        "appearance_thresholds": ckpt.get("appearance_thresholds"),
     }
     logger.info("loaded retrieval model %s from %s", info["model_name"], checkpoint_path)
     return model, info

@@ -32,6 +32,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from reid.video.separability import AppearanceThresholds
+
 CROP_SIZE = (128, 64)  # height, width
 NUM_STRIPES = 8
 HUE_BINS, SAT_BINS, VAL_BINS, ORIENT_BINS = 8, 4, 8, 8
@@ -40,6 +42,13 @@ FG_COLOUR_BITS = 3
 _GROUP_WEIGHTS = {"hs": 1.0, "v": 0.5, "grad": 0.7}
 FEATURE_DIM = NUM_STRIPES * (HUE_BINS * SAT_BINS + VAL_BINS + ORIENT_BINS)
 DESCRIPTOR_NAME = f"handcrafted-hsv-grad-s{NUM_STRIPES}-fg-v2"
+APPEARANCE_THRESHOLDS = AppearanceThresholds(
+    tracker_veto=0.190, reactivation=0.103, stitch=0.150, gallery=0.086
+)
+"""Video gates for this descriptor, derived like a trained model's on held-out people, never on test footage:
+``tools/calibrate_threshold.py --dataset cuhk03 --dataset-option boxes=both --embedder handcrafted`` on the
+100 CUHK03 validation identities (reid.video.separability.image_set_thresholds), rounded to 3 decimals.
+Re-derive them when the descriptor changes."""
 
 
 def _centre_weights(height: int, width: int) -> np.ndarray:

@@ -1,28 +1,39 @@
-"""Crops -> appearance features, in batches: a trained re-ID checkpoint, or the handcrafted descriptor.
+"""Crops -> appearance features, in batches: a trained re-ID model (by default the shipped one), or the
+handcrafted descriptor.
 
-Both expose ``model_name`` and ``feature_dim`` (what a gallery records to refuse mixing feature spaces) and
-``metric`` (the distance the features were designed for).
+Every embedder exposes ``model_name`` and ``feature_dim`` (what a gallery records to refuse mixing feature
+spaces), ``metric`` (the distance the features were designed for) and ``appearance`` (the tracking, stitching
+and gallery thresholds calibrated for its feature space; see :mod:`reid.video.separability`).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import cv2
 import numpy as np
 
 from reid.video import descriptor
+from reid.video.separability import AppearanceThresholds
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "default"
+HANDCRAFTED = "handcrafted"
+DEFAULT_MODEL_PATH = Path(__file__).resolve().parents[2] / "assets" / "models" / "cuhk03_mobilenetv2.pt"
+"""The shipped re-ID model (MobileNetV2 trained on CUHK03; model card beside it)."""
 
 
 class Embedder(Protocol):
     model_name: str
     feature_dim: int
     metric: str
+    appearance: AppearanceThresholds | None
 
     def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray: ...
 
@@ -33,13 +44,18 @@ class HandcraftedEmbedder:
     model_name = descriptor.DESCRIPTOR_NAME
     feature_dim = descriptor.FEATURE_DIM
     metric = "cosine"
+    appearance = descriptor.APPEARANCE_THRESHOLDS
 
     def __call__(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         return descriptor.describe_crops(crops)
 
 
 class CheckpointEmbedder:
-    """A model trained with ``tools/train_reid.py``; crops are resized, normalised and run in batches."""
+    """A model trained with ``tools/train_reid.py``; crops are resized, normalised and run in batches.
+
+    ``appearance`` is None when the file carries no calibrated thresholds (write them with
+    ``tools/calibrate_threshold.py --write-thresholds``).
+    """
 
     metric = "cosine"
 
@@ -57,6 +73,10 @@ class CheckpointEmbedder:
         self.std = np.asarray(info["std"], dtype=np.float32).reshape(1, 1, 3)
         self.feature_dim = int(info["feature_dim"])
         self.model_name = str(info["model_name"])
+        stored = info["appearance_thresholds"]
+        self.appearance = (
+            None if stored is None else AppearanceThresholds.from_mapping(stored, str(checkpoint))
+        )
 
     def _preprocess(self, crop: np.ndarray) -> np.ndarray:
         height, width = self.input_size
@@ -76,9 +96,41 @@ class CheckpointEmbedder:
         return np.concatenate(outputs).astype(np.float32)
 
 
-def build_embedder(checkpoint: str | os.PathLike | None = None, *, device: str = "cpu") -> Embedder:
-    """The checkpoint's model when one is given, else the handcrafted descriptor."""
-    if checkpoint is None:
-        logger.info("no --checkpoint: handcrafted appearance descriptor %s", descriptor.DESCRIPTOR_NAME)
+def add_embedder_arguments(parser: argparse.ArgumentParser, *, purpose: str) -> None:
+    """``--embedder`` and ``--checkpoint``, the same in every tool that embeds crops."""
+    parser.add_argument(
+        "--embedder",
+        choices=("model", HANDCRAFTED),
+        default="model",
+        help="'model': a trained re-ID model (default; see --checkpoint); 'handcrafted': the colour/gradient "
+        "descriptor, no CNN",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=DEFAULT_MODEL,
+        help=f"re-ID checkpoint {purpose} (default: '{DEFAULT_MODEL}', the shipped model "
+        f"{DEFAULT_MODEL_PATH.name})",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
+
+
+def embedder_choice(args: argparse.Namespace) -> str | os.PathLike:
+    """What :func:`build_embedder` should build for the arguments of :func:`add_embedder_arguments`."""
+    return HANDCRAFTED if args.embedder == HANDCRAFTED else args.checkpoint
+
+
+def embedder_path(model: str | os.PathLike) -> Path:
+    """The checkpoint file behind ``model`` (``"default"`` is the shipped model)."""
+    return DEFAULT_MODEL_PATH if str(model) == DEFAULT_MODEL else Path(model)
+
+
+def build_embedder(model: str | os.PathLike = DEFAULT_MODEL, *, device: str = "cpu") -> Embedder:
+    """``"default"``: the shipped model; ``"handcrafted"``: the descriptor; otherwise a checkpoint path."""
+    if str(model) == HANDCRAFTED:
+        logger.info("handcrafted appearance descriptor %s", descriptor.DESCRIPTOR_NAME)
         return HandcraftedEmbedder()
-    return CheckpointEmbedder(checkpoint, device=device)
+    path = embedder_path(model)
+    if str(model) == DEFAULT_MODEL and not path.is_file():
+        raise FileNotFoundError(f"the shipped re-ID model {path} is missing (a partial checkout?); "
+                                f"pass --checkpoint FILE or --checkpoint {HANDCRAFTED}")
+    return CheckpointEmbedder(path, device=device)

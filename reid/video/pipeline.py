@@ -63,6 +63,25 @@ class PipelineConfig:
             raise ValueError("need 1 <= crops_per_track <= evidence_capacity")
 
 
+def pipeline_config_for(embedder: Embedder, **overrides) -> PipelineConfig:
+    """The pipeline settings with the tracker's and stitcher's appearance gates of ``embedder``.
+
+    An embedder without calibrated thresholds (a checkpoint never run through ``tools/calibrate_threshold.py
+    --write-thresholds``) gets motion-only association: appearance never vetoes a match, never re-activates
+    a lost track on its own, and does not gate stitching; a warning says how to calibrate it.
+    """
+    gates = embedder.appearance
+    if gates is None:
+        logger.warning("%s carries no calibrated appearance thresholds: tracking and stitching use motion "
+                       "only (calibrate them with tools/calibrate_threshold.py --dataset-root ... "
+                       "--checkpoint ... --write-thresholds)", embedder.model_name)
+        tracker, stitch = TrackerConfig(), StitchConfig(appearance_weight=0.0)
+    else:
+        tracker = TrackerConfig(max_appearance=gates.tracker_veto, reactivate_appearance=gates.reactivation)
+        stitch = StitchConfig(max_appearance=gates.stitch)
+    return PipelineConfig(tracker=tracker, stitch=stitch, **overrides)
+
+
 @dataclass(frozen=True)
 class FinishedTrack:
     """A track of this run; ``identity_id`` is None when it was too short to enter the gallery."""

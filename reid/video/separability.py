@@ -21,11 +21,16 @@ a typical pair of different people: the median (``VETO_PERCENTILE``). Where appe
 pairs may pass: ``REACTIVATION_PERCENTILE`` and ``GALLERY_PERCENTILE``. These percentiles are the ranks that
 the previously hand-tuned thresholds (0.3, 0.16, 0.2, 0.12) had under the descriptor before foreground
 weighting on PETS 2009 S2.L1 (p65, p5, p48, p11), rounded to round percentiles.
+
+A trained model's thresholds are taken by the same rule from a labelled image set instead
+(:func:`image_set_thresholds`, run by ``tools/calibrate_threshold.py --write-thresholds``): held-out
+identities of its training dataset, so that no footage it is later scored on has set them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 
 import numpy as np
 from scipy.stats import rankdata
@@ -52,12 +57,28 @@ GALLERY_PERCENTILE = 10.0
 @dataclass(frozen=True)
 class AppearanceThresholds:
     """Cosine-distance thresholds for ``TrackerConfig.max_appearance`` and ``.reactivate_appearance``,
-    ``StitchConfig.max_appearance`` and the handcrafted gallery match threshold."""
+    ``StitchConfig.max_appearance`` and a new gallery's match threshold. They belong to one embedder: a
+    trained model carries its own in its file (``appearance_thresholds``), the handcrafted descriptor in
+    :mod:`reid.video.descriptor`."""
 
     tracker_veto: float
     reactivation: float
     stitch: float
     gallery: float
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, float], source: str) -> AppearanceThresholds:
+        """Read them back from a stored dict; ``source`` names where it came from in the error."""
+        names = [f.name for f in fields(cls)]
+        try:
+            numbers = {name: float(values[name]) for name in names}
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{source}: appearance_thresholds must map {names} to distances,"
+                             f" got {values!r}") from error
+        bad = {name: v for name, v in numbers.items() if not 0.0 <= v <= 2.0}
+        if bad:
+            raise ValueError(f"{source}: appearance_thresholds must be cosine distances in [0, 2], got {bad}")
+        return cls(**numbers)
 
 
 def labelled_pair_distances(features: np.ndarray, ids: np.ndarray, frames: np.ndarray, *,
@@ -150,12 +171,56 @@ def derive_appearance_thresholds(features: np.ndarray, ids: np.ndarray, frames: 
     """The appearance thresholds for the current descriptor, from labelled crops (see module docstring)."""
     running = running_feature_negatives(features, ids, frames, momentum=momentum)
     tracklets, tracklet_ids = tracklet_features(features, ids, frames, span=tracklet_span)
-    rows, cols = np.triu_indices(len(tracklet_ids), k=1)
-    different = tracklet_ids[rows] != tracklet_ids[cols]
-    tracklet_negatives = cosine_distances(tracklets, tracklets)[rows, cols][different]
+    return _percentile_thresholds(running, _different_pair_distances(tracklets, tracklet_ids))
+
+
+def _different_pair_distances(features: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    rows, cols = np.triu_indices(len(ids), k=1)
+    different = ids[rows] != ids[cols]
+    return cosine_distances(features, features)[rows, cols][different]
+
+
+def image_set_thresholds(features: np.ndarray, pids: np.ndarray, camids: np.ndarray, *, momentum: float,
+                         tracklet_crops: int = 8) -> AppearanceThresholds:
+    """The same thresholds from a labelled re-ID image set (no frame numbers), e.g. held-out identities of
+    a dataset: so that a trained model's gates come from people and cameras that no test footage shares.
+
+    Each (person, camera) group of images, in the given order, stands in for a track: the running feature
+    is its exponential moving average (``momentum``, as the tracker keeps it) after each image, compared to
+    every image of other people; the tracklet feature is the normalised mean of its first
+    ``tracklet_crops`` images, compared to other people's tracklet features.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    pids, camids = np.asarray(pids).ravel(), np.asarray(camids).ravel()
+    if features.ndim != 2 or not len(features) == len(pids) == len(camids):
+        raise ValueError(f"features {features.shape}, pids {pids.shape} and camids {camids.shape} must "
+                         "describe the same images")
+    states, state_pids, tracklets, tracklet_pids = [], [], [], []
+    for pid, camid in sorted(set(zip(pids.tolist(), camids.tolist(), strict=True))):
+        members = np.flatnonzero((pids == pid) & (camids == camid))
+        running = features[members[0]]
+        for k in members:
+            if k != members[0]:
+                running = momentum * running + (1 - momentum) * features[k]
+                running = running / max(float(np.linalg.norm(running)), 1e-12)
+            states.append(running)
+            state_pids.append(pid)
+        mean = features[members[:tracklet_crops]].mean(axis=0)
+        tracklets.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+        tracklet_pids.append(pid)
+    states_arr, state_pids_arr = np.asarray(states).reshape(-1, features.shape[1]), np.asarray(state_pids)
+    running_negatives = cosine_distances(states_arr, features)[state_pids_arr[:, None] != pids[None, :]]
+    tracklet_negatives = _different_pair_distances(
+        np.asarray(tracklets).reshape(-1, features.shape[1]), np.asarray(tracklet_pids))
+    return _percentile_thresholds(running_negatives, tracklet_negatives)
+
+
+def _percentile_thresholds(running: np.ndarray, tracklet_negatives: np.ndarray) -> AppearanceThresholds:
     if running.size == 0 or tracklet_negatives.size == 0:
         raise ValueError(f"found {running.size} running-feature and {tracklet_negatives.size} tracklet "
-                         "different-person pairs; need people on screen together and longer tracks")
+                         "different-person pairs; need two or more people "
+                         "(in a video: on screen together, on longer tracks)")
     return AppearanceThresholds(
         tracker_veto=float(np.percentile(running, VETO_PERCENTILE)),
         reactivation=float(np.percentile(running, REACTIVATION_PERCENTILE)),

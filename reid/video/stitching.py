@@ -35,16 +35,16 @@ class StitchConfig:
     """Frame counts are video frames, distances box heights (scale-free), appearance cosine distance.
     ``velocity_window``: frames at a tracklet's end (or start) whose boxes estimate its velocity;
     ``border_margin``: px from the frame edge within which a box counts as leaving (entering) the view.
-    ``max_appearance``: the median distance of different people's tracklet features for the handcrafted
-    descriptor (handcrafted-hsv-grad-s8-fg-v2, PETS 2009 S2.L1: 0.240), from ``tools/eval_descriptor.py``
-    (:func:`reid.video.separability.derive_appearance_thresholds`); re-derive it with the descriptor."""
+    ``max_appearance``: the median distance of different people's tracklet features, which belongs to the
+    embedder (its ``appearance.stitch``, set by :func:`reid.video.pipeline.pipeline_config_for`); the
+    default 2.0 never vetoes, and ``appearance_weight`` 0 leaves the cost to motion alone."""
 
     max_gap: int = 50
     velocity_window: int = 10
     base_reach: float = 0.5
     reach_per_frame: float = 0.04
     max_scale_change: float = 1.5
-    max_appearance: float = 0.24
+    max_appearance: float = 2.0
     appearance_weight: float = 0.5
     border_margin: float = 4.0
 

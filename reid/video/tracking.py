@@ -93,20 +93,18 @@ class TrackerConfig:
     ``max_occlusion_for_update``: a detection more covered than this by a box in front of it does not update
     its track's appearance (its crop shows part of someone else, and would drag the feature towards them).
     Frame counts were tuned on PETS 2009 S2.L1 with Faster R-CNN detections. The appearance gates belong to
-    the descriptor: ``max_appearance`` is the median, ``reactivate_appearance`` the 5th percentile of the
-    distances of a person's running feature to other people's crops, measured by ``tools/eval_descriptor.py
-    --stride 1`` (:func:`reid.video.separability.derive_appearance_thresholds`) for the handcrafted descriptor
-    handcrafted-hsv-grad-s8-fg-v2 on PETS 2009 S2.L1 (0.291 and 0.166), rounded down to two decimals:
-    gates that admit a match err towards rejecting it (a wrong re-activation costs more identity quality than
-    a missed one, which offline stitching can still repair). Re-derive them when the descriptor changes."""
+    the embedder (its ``appearance`` thresholds, set by :func:`reid.video.pipeline.pipeline_config_for`):
+    ``max_appearance`` is the median, ``reactivate_appearance`` the 5th percentile of the distances of a
+    person's running feature to other people's crops (:mod:`reid.video.separability`). The defaults here
+    switch appearance off: it never vetoes a match and never re-activates a lost track on its own."""
 
     n_init: int = 5
     max_age: int = 60
     lost_after: int = 8
     iou_weight: float = 0.2
     min_iou: float = 0.1
-    max_appearance: float = 0.29
-    reactivate_appearance: float = 0.16
+    max_appearance: float = 2.0
+    reactivate_appearance: float = 0.0
     new_track_score: float = 0.0
     feature_momentum: float = 0.8
     max_speed: float = 0.08
