@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from test_video_tracking import colour_crop, majority_ids, run_tracker, walker_box
 
-from reid.video.descriptor import describe_crops
+from reid.video.descriptor import APPEARANCE_THRESHOLDS, describe_crops
 from reid.video.self_calibration import covisible_distances, video_match_threshold
 from reid.video.stitching import StitchConfig, endpoint, merge_tracks, stitch_chains
 from reid.video.tracking import Tracker, TrackerConfig, cosine_distances
@@ -33,7 +33,8 @@ def test_stitching_rejoins_two_people_hidden_while_crossing():
     features = describe_crops([colour_crop(walkers[w][2], 999) for w in (0, 1)])
     owner = {tid: w for w, ids in before.items() for tid in ids}
     track_features = np.stack([features[owner[t.track_id]] for t in tracks])
-    chains = stitch_chains(tracks, track_features, StitchConfig(), frame_size=(800, 600))
+    config = StitchConfig(max_appearance=APPEARANCE_THRESHOLDS.stitch)  # the descriptor's own gate
+    chains = stitch_chains(tracks, track_features, config, frame_size=(800, 600))
     merged = [merge_tracks([tracks[i] for i in chain]) for chain in chains]
     after = majority_ids(merged, walkers, 90)
     assert all(len(ids) == 1 for ids in after.values()), after
@@ -58,9 +59,10 @@ def test_stitching_by_motion_alone_and_never_links_overlapping_or_exiting_trackl
     assert sorted(map(sorted, stitch_chains([a, b, c], None))) == [[0, 1], [2]]
     # The same continuation is refused when a walked out of the frame (its last box touches the border).
     assert len(stitch_chains([a, b], None, frame_size=(a.observations[-1][1][0] + 30, 600))) == 2
-    # ... and when b looks like someone else.
+    # ... and when b looks like someone else (once an embedder's appearance gate is set).
     far = np.array([[1.0, 0.0], [0.0, 1.0]])
-    assert len(stitch_chains([a, b], far)) == 2
+    assert len(stitch_chains([a, b], far)) == 1  # the default gate never vetoes
+    assert len(stitch_chains([a, b], far, StitchConfig(max_appearance=0.5))) == 2
 
 
 def test_stitch_config_rejects_nonsense():

@@ -50,33 +50,26 @@ class HandcraftedEmbedder:
         return descriptor.describe_crops(crops)
 
 
-class CheckpointEmbedder:
-    """A model trained with ``tools/train_reid.py``; crops are resized, normalised and run in batches.
-
-    ``appearance`` is None when the file carries no calibrated thresholds (write them with
-    ``tools/calibrate_threshold.py --write-thresholds``).
-    """
+class ModelEmbedder:
+    """A torch re-ID model on BGR crops: resized to its input size, normalised, run in batches."""
 
     metric = "cosine"
 
-    def __init__(self, checkpoint: str | os.PathLike, *, device: str = "cpu", batch_size: int = 32) -> None:
+    def __init__(self, model, *, input_size: tuple[int, int], mean: Sequence[float], std: Sequence[float],
+                 model_name: str, appearance: AppearanceThresholds | None = None, device: str = "cpu",
+                 batch_size: int = 32) -> None:
         import torch
 
-        from reid.models import load_retrieval_model
-
         self._torch = torch
-        self.model, info = load_retrieval_model(checkpoint, device=device)
+        self.model = model.to(device).eval()
         self.device = device
         self.batch_size = int(batch_size)
-        self.input_size = tuple(info["input_size"])  # (h, w)
-        self.mean = np.asarray(info["mean"], dtype=np.float32).reshape(1, 1, 3)
-        self.std = np.asarray(info["std"], dtype=np.float32).reshape(1, 1, 3)
-        self.feature_dim = int(info["feature_dim"])
-        self.model_name = str(info["model_name"])
-        stored = info["appearance_thresholds"]
-        self.appearance = (
-            None if stored is None else AppearanceThresholds.from_mapping(stored, str(checkpoint))
-        )
+        self.input_size = tuple(input_size)  # (h, w)
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
+        self.std = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
+        self.feature_dim = int(model.feature_dim)
+        self.model_name = model_name
+        self.appearance = appearance
 
     def _preprocess(self, crop: np.ndarray) -> np.ndarray:
         height, width = self.input_size
@@ -94,6 +87,27 @@ class CheckpointEmbedder:
                 tensor = self._torch.from_numpy(batch).to(self.device)
                 outputs.append(self.model(tensor).float().cpu().numpy())
         return np.concatenate(outputs).astype(np.float32)
+
+
+class CheckpointEmbedder(ModelEmbedder):
+    """A model trained with ``tools/train_reid.py``. ``appearance`` is None when the file carries no
+    calibrated thresholds (write them with ``tools/calibrate_threshold.py --write-thresholds``)."""
+
+    def __init__(self, checkpoint: str | os.PathLike, *, device: str = "cpu", batch_size: int = 32) -> None:
+        from reid.models import load_retrieval_model
+
+        model, info = load_retrieval_model(checkpoint, device=device)
+        stored = info["appearance_thresholds"]
+        super().__init__(
+            model,
+            input_size=info["input_size"],
+            mean=info["mean"],
+            std=info["std"],
+            model_name=str(info["model_name"]),
+            appearance=None if stored is None else AppearanceThresholds.from_mapping(stored, str(checkpoint)),
+            device=device,
+            batch_size=batch_size,
+        )
 
 
 def add_embedder_arguments(parser: argparse.ArgumentParser, *, purpose: str) -> None:
