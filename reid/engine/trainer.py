@@ -369,6 +369,7 @@ class Trainer:
                     self.amp_dtype,
                 )
             start = time.perf_counter()
+            first_epoch = self.epoch
             final: dict[str, Any] = {}
             while self.epoch < self.epochs:
                 record = self._train_epoch()
@@ -385,7 +386,10 @@ class Trainer:
                     barrier(self.ctx)
                     improved = all_gather_objects(improved, self.ctx)[0]
                 if self.ctx.is_main:
-                    logger.info("epoch %d: %s", self.epoch, _format_record(record))
+                    elapsed = time.perf_counter() - start
+                    remaining = elapsed / (self.epoch - first_epoch) * (self.epochs - self.epoch)
+                    logger.info("epoch %d/%d: %s (elapsed %s, ETA %s)", self.epoch, self.epochs,
+                                _format_record(record), _clock(elapsed), _clock(remaining))
                     self.metrics.log(record, step=self.global_step)
                 period = int(self.solver["checkpoint_period"])
                 # best.pt first: last.pt already records the new best, so a crash in between must not
@@ -413,6 +417,12 @@ class Trainer:
             self.metrics.close()
             barrier(self.ctx)
         return results
+
+
+def _clock(seconds: float) -> str:
+    """``h:mm:ss`` for progress lines."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
 
 
 def _format_record(record: dict[str, Any]) -> str:
