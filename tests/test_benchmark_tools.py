@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 
@@ -15,12 +17,14 @@ def run_tool(name: str, *args: str) -> str:
     return result.stdout
 
 
-def test_benchmark_train_reports_both_variants():
+@pytest.mark.parametrize("recipe, backbone", [("market1501", "resnet18"), ("cuhk03", "mobilenetv2")])
+def test_benchmark_train_reports_both_variants(recipe, backbone):
     out = run_tool(
-        "benchmark_train.py", "--iters", "1", "--warmup", "0", "--num-workers", "0",
-        "model.backbone=resnet18", "data.height=32", "data.width=16", "data.ids_per_batch=2",
+        "benchmark_train.py", "--recipe", recipe, "--iters", "1", "--warmup", "0", "--num-workers", "0",
+        f"model.backbone={backbone}", "data.height=32", "data.width=16", "data.ids_per_batch=2",
         "data.num_instances=2",
     )  # fmt: skip
+    assert out.startswith(f"recipe {recipe}")
     rows = [line for line in out.splitlines() if line.startswith(("| baseline", "| framework"))]
     assert len(rows) == 2
     assert all(float(cell) > 0 for row in rows for cell in row.strip("|").split("|")[1:])

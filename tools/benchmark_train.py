@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Training throughput (images/s) of the real configuration: ResNet-50, 256x128, P=16 x K=4, for the
-baseline and the full framework, on the GPU when there is one (else the CPU).
+"""Training throughput (images/s) of a real recipe, for the baseline and the full framework, on the GPU
+when there is one (else the CPU). ``--recipe market1501``: ResNet-50, 256x128, P=16 x K=4 (a GPU recipe);
+``--recipe cuhk03``: the CPU recipe of the shipped model, MobileNetV2 160x80, stem + layer1 frozen.
 
 Three figures per variant, each after ``--warmup`` untimed steps:
   (a) model only  - the trainer's optimisation step on random tensors already on the device (no loading);
@@ -12,6 +13,7 @@ Images come from the synthetic generator at Market-1501's native 128x64 (resized
     python tools/benchmark_train.py                                  # CUDA: channels_last + bf16 by default
     python tools/benchmark_train.py --iters 20 --num-workers 8 --amp off --no-channels-last
     python tools/benchmark_train.py --variants baseline --iters 2    # a quick CPU figure
+    python tools/benchmark_train.py --recipe cuhk03 --num-workers 1  # the shipped model's CPU recipe
 """
 
 from __future__ import annotations
@@ -34,9 +36,15 @@ from reid.engine.trainer import Trainer
 logger = logging.getLogger("benchmark_train")
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANT_CONFIGS = {
-    "baseline": REPO / "configs" / "market1501" / "baseline.yml",
-    "framework": REPO / "configs" / "market1501" / "framework.yml",
+RECIPES = {
+    "market1501": {
+        "baseline": REPO / "configs" / "market1501" / "baseline.yml",
+        "framework": REPO / "configs" / "market1501" / "framework.yml",
+    },
+    "cuhk03": {
+        "baseline": REPO / "configs" / "cuhk03" / "mobilenetv2_baseline.yml",
+        "framework": REPO / "configs" / "cuhk03" / "mobilenetv2_framework.yml",
+    },
 }
 
 
@@ -103,14 +111,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--variants", nargs="+", choices=sorted(VARIANT_CONFIGS), default=["baseline", "framework"]
-    )
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="market1501")
+    variants = ["baseline", "framework"]
+    parser.add_argument("--variants", nargs="+", choices=variants, default=variants)
     parser.add_argument("--iters", type=int, default=5, help="timed steps per figure")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each figure")
     parser.add_argument("--num-workers", type=int, default=4)
     parser.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], default="auto", help="CUDA only")
-    parser.add_argument("--no-channels-last", action="store_true", help="CUDA only")
+    parser.add_argument("--no-channels-last", action="store_true", help="keep the default memory layout")
     parser.add_argument("--data", type=Path, help="synthetic data folder (default: a temporary one)")
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.height=384"
@@ -135,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             *args.overrides,
         ]
         print(
-            f"device: {device_name()}; amp={args.amp}, channels_last={not args.no_channels_last} (CUDA only)"
+            f"recipe {args.recipe}; device: {device_name()}; amp={args.amp} (CUDA only), "
+            f"channels_last={not args.no_channels_last}"
         )
         print(
             f"warm-up {args.warmup} + {args.iters} timed steps per figure; {args.num_workers} loader workers"
@@ -145,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print("|---|---|---|---|---|")
         for variant in args.variants:
-            cfg = compose_config([VARIANT_CONFIGS[variant]], overrides)
+            cfg = compose_config([RECIPES[args.recipe][variant]], overrides)
             figures = benchmark_variant(cfg, Path(tmp) / variant, args.warmup, args.iters)
             print(
                 f"| {variant} | {figures['model_only']:.1f} | {figures['full']:.1f} | {figures['ratio']:.2f} "
