@@ -368,3 +368,40 @@ def test_numpy_scalars_from_a_tracker_are_accepted(tmp_path):
                 f"SELECT {', '.join(f'typeof({c})' for c in columns)} FROM {table}"
             ).fetchone()
             assert "blob" not in types, (table, dict(zip(columns, types, strict=True)))
+
+
+def _rot_blob(root: Path, table: str, row_id: int, column: str, offset: int = 0) -> None:
+    """Overwrite 32 bytes of one stored feature with NaNs, as bit rot would (SQLite itself stays valid)."""
+    with sqlite3.connect(root / DB_FILENAME) as conn:
+        (blob,) = conn.execute(f"SELECT {column} FROM {table} WHERE id = ?", (row_id,)).fetchone()
+        damaged = bytearray(blob)
+        damaged[offset : offset + 32] = np.full(32 // 4, np.nan, np.float32).tobytes()
+        conn.execute(f"UPDATE {table} SET {column} = ? WHERE id = ?", (bytes(damaged), row_id))
+        assert conn.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+
+
+def test_damaged_stored_features_are_quarantined_and_matching_keeps_working(tmp_path, caplog):
+    rng = np.random.default_rng(5)
+    people = unit(rng.normal(size=(6, DIM)))
+    root = tmp_path / "gallery"
+    with open_store(root) as store:
+        video = store.register_video("cam1.avi", camera_id=1, fps=25.0, num_frames=900, width=768, height=576)
+        first = [store.add_track(video, 1, t, *make_track(rng, people[t], 100 * t)) for t in range(6)]
+    ids = [r.identity_id for r in first]
+    _rot_blob(root, "identities", ids[0], "feature_sum")  # one prototype: rebuilt from its track
+    _rot_blob(root, "identities", ids[1], "feature_sum")  # ... and this one's track is damaged too
+    with sqlite3.connect(root / DB_FILENAME) as conn:
+        (track_of_1,) = conn.execute("SELECT id FROM tracks WHERE identity_id = ?", (ids[1],)).fetchone()
+        (entry_of_2,) = conn.execute("SELECT min(id) FROM entries").fetchone()
+    _rot_blob(root, "tracks", track_of_1, "feature")
+    (root / INDEX_FILENAME).unlink()  # the index is rebuilt from the damaged entries
+    _rot_blob(root, "entries", entry_of_2, "feature")
+    with caplog.at_level("WARNING"), open_store(root) as store:
+        video = store.register_video("cam2.avi", camera_id=2, fps=25.0, num_frames=900, width=768, height=576)
+        again = [store.add_track(video, 2, t, *make_track(rng, people[t], 100 * t)) for t in range(6)]
+        hits = store.search(people[0], topk=1)
+    assert [r.identity_id for r in again[2:]] == ids[2:] and again[0].identity_id == ids[0]
+    assert again[1].is_new_identity  # its only intact evidence was lost: a new identity, not a wrong match
+    assert hits[0].identity_id == ids[0] and np.isfinite(hits[0].distance)
+    assert f"identities [{ids[0]}]" in caplog.text and f"identities [{ids[1]}]" in caplog.text
+    assert f"entries [{entry_of_2}]" in caplog.text

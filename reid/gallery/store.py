@@ -299,23 +299,60 @@ class GalleryStore:
             )
 
     def _load_caches(self) -> None:
-        """Prototypes and entry->identity map from the DB; crops and faiss index made to agree with it."""
+        """Prototypes and entry->identity map from the DB; crops and faiss index made to agree with it.
+
+        A prototype damaged on disk (non-finite, or longer than its tracks' unit features can sum to) would
+        poison every match, so it is rebuilt from the identity's stored track features; an identity with no
+        intact track feature is left out of matching. Both cases are logged by id.
+        """
         dim = self._meta.feature_dim
+        rebuilt, quarantined = [], []
         for identity_id, feature_sum, num_tracks in self._conn.execute(
             "SELECT id, feature_sum, num_tracks FROM identities ORDER BY id"
-        ):
+        ).fetchall():
             vector = np.frombuffer(feature_sum, dtype=np.float64)
             if vector.size != dim:
                 raise GalleryCorruptError(
                     f"{self.root}: identity {identity_id} prototype has {vector.size} values"
                 )
+            if not self._plausible_sum(vector, num_tracks):
+                vector, num_tracks = self._prototype_from_tracks(identity_id)
+                (quarantined if num_tracks == 0 else rebuilt).append(identity_id)
+                if num_tracks == 0:
+                    continue
             self._bank.set(identity_id, vector, num_tracks)
+        if rebuilt:
+            logger.warning("%s: damaged prototype of identities %s rebuilt from their tracks",
+                           self.root, rebuilt)
+        if quarantined:
+            logger.warning("%s: identities %s have no intact feature left and are excluded from matching",
+                           self.root, quarantined)
         self._entry_identity = dict(
             self._conn.execute("SELECT e.id, t.identity_id FROM entries e JOIN tracks t ON e.track_id = t.id")
         )
         if not self.read_only:
             self._remove_orphan_crops()
         self._load_index()
+
+    def _plausible_sum(self, vector: np.ndarray, num_tracks: int) -> bool:
+        if not np.isfinite(vector).all() or num_tracks < 1:
+            return False
+        # Cosine contributions are unit vectors, so their sum is at most num_tracks long.
+        with np.errstate(over="ignore"):  # rotted bits can read as huge numbers: an infinite norm is refused
+            norm = float(np.linalg.norm(vector))
+        return self._meta.metric != "cosine" or norm <= num_tracks * (1 + 1e-3)
+
+    def _prototype_from_tracks(self, identity_id: int) -> tuple[np.ndarray, int]:
+        """The running sum of an identity's intact stored track features, and their count."""
+        total, count = np.zeros(self._meta.feature_dim, dtype=np.float64), 0
+        for track_id, blob in self._conn.execute(
+            "SELECT id, feature FROM tracks WHERE identity_id = ? ORDER BY id", (identity_id,)
+        ):
+            feature = _unblob(blob, self._meta.feature_dim, f"track {track_id}")
+            if np.isfinite(feature).all() and np.any(feature):
+                total += gmetric.prepare(feature.reshape(1, -1), self._meta.metric)[0].astype(np.float64)
+                count += 1
+        return total, count
 
     def _remove_orphan_crops(self) -> None:
         crops_dir = self.root / CROPS_DIRNAME
@@ -386,7 +423,11 @@ class GalleryStore:
             while batch := rows.fetchmany(_REBUILD_CHUNK):
                 ids = np.array([row[0] for row in batch], dtype=np.int64)
                 feats = np.stack([_unblob(row[1], dim, f"entry {row[0]}") for row in batch])
-                self._index.add_with_ids(gmetric.prepare(feats, metric), ids)
+                intact = np.isfinite(feats).all(axis=1)
+                if not intact.all():
+                    logger.warning("%s: entries %s have damaged features and are left out of search",
+                                   self.root, ids[~intact].tolist())
+                self._index.add_with_ids(gmetric.prepare(feats[intact], metric), ids[intact])
                 bar.update(len(batch))
 
     # ------------------------------------------------------------------------------------------- properties
@@ -745,6 +786,10 @@ class GalleryStore:
     def _evidence(self, identity_id: int, query: np.ndarray, limit: int) -> list[dict]:
         rows = self._conn.execute(_SQL_EVIDENCE, (identity_id,)).fetchall()
         feats = np.stack([_unblob(r[8], self._meta.feature_dim, f"entry {r[0]}") for r in rows])
+        intact = np.isfinite(feats).all(axis=1)
+        rows, feats = [r for r, ok in zip(rows, intact, strict=True) if ok], feats[intact]
+        if not rows:
+            return []
         distances = gmetric.pairwise_distances(query, feats, self._meta.metric)[0]
         order = np.argsort(distances, kind="stable")[:limit]
         return [{**self._evidence_item(rows[i]), "distance": float(distances[i])} for i in order]
