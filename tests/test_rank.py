@@ -207,3 +207,24 @@ def test_benchmark_script_runs_tiny_and_agrees(capsys):
     sizes = ["--num-query", "30", "--num-gallery", "200", "--num-ids", "12", "--num-distractors", "10"]
     assert module.main([*sizes, "--section", "eval", "--repeats", "1", "--match-scale", "0.3"]) == 0
     assert "-> EQUAL" in capsys.readouterr().out
+
+
+def test_no_valid_query_says_whether_identities_or_cameras_are_the_cause():
+    dist = np.zeros((2, 3), dtype=np.float32)
+    with pytest.raises(EvaluationInputError, match="none of the 2 query identities appears in the gallery"):
+        evaluate_rank(dist, np.array([1, 2]), np.array([3, 4, 5]), np.array([0, 1]), np.array([0, 1, 0]))
+    with pytest.raises(EvaluationInputError, match="camera_regex") as error:
+        evaluate_rank(dist, np.array([1, 2]), np.array([1, 2, 2]), np.zeros(2), np.zeros(3))
+    assert "--camids" not in str(error.value)  # no tool has such a flag
+
+
+def test_disjoint_query_and_gallery_cameras_are_warned_about(caplog):
+    rng = np.random.default_rng(0)
+    dist = rng.random((4, 6)).astype(np.float32)
+    q_pids, g_pids = np.array([0, 1, 2, 3]), np.array([0, 1, 2, 3, 0, 1])
+    with caplog.at_level("WARNING"):
+        evaluate_rank(dist, q_pids, g_pids, np.array([0, 1, 0, 1]), np.array([1, 0, 1, 0, 1, 0]))
+    assert "share no camera" not in caplog.text
+    with caplog.at_level("WARNING"):
+        evaluate_rank(dist, q_pids, g_pids, np.zeros(4), np.ones(6))
+    assert "share no camera" in caplog.text

@@ -108,7 +108,7 @@ def evaluate_rank(
 
     valid = first_rank > 0
     num_valid = int(valid.sum())
-    check_valid_queries(num_valid, num_query)
+    check_valid_queries(num_valid, q_pids, g_pids, q_camids, g_camids)
     hits_at_rank = np.bincount(np.minimum(first_rank[valid], max_rank + 1) - 1, minlength=max_rank + 1)
     cmc = np.cumsum(hits_at_rank[:max_rank]) / num_valid
     return {

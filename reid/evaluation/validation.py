@@ -119,17 +119,26 @@ def check_retrieval_inputs(
     return dist, q_pids, g_pids, q_camids, g_camids
 
 
-def check_valid_queries(num_valid: int, num_queries: int) -> None:
-    """Fail when no query can be scored; warn with a count when only some are skipped."""
+def check_valid_queries(
+    num_valid: int, q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray, g_camids: np.ndarray
+) -> None:
+    """Fail when no query can be scored, saying why; warn with a count when only some are skipped, and
+    when query and gallery share no camera (the same-camera rule then removes nothing: inflated figures)."""
+    num_queries = len(q_pids)
     skipped = num_queries - num_valid
     if num_valid == 0:
+        if not np.isin(q_pids, g_pids).any():
+            raise EvaluationInputError(
+                f"none of the {num_queries} query identities appears in the gallery (query pids e.g. "
+                f"{sorted(set(q_pids.tolist()))[:5]}, gallery pids e.g. {sorted(set(g_pids.tolist()))[:5]}): "
+                "query and gallery must hold images of the same people, with the same pid for a person"
+            )
         raise EvaluationInputError(
-            f"none of the {num_queries} queries has a valid gallery match. Under the standard re-ID "
-            "protocol, gallery images with the query's pid AND the query's camera id are removed before "
-            "ranking (they are too easy), so a query whose true matches all share its camera is skipped. "
-            "This usually means the camera ids are missing or constant (e.g. every image given camid 0) or "
-            "query and gallery were cut from the same camera. Provide real camera ids (e.g. `--camids` or "
-            "per-split camera folders; query and gallery views of a person from different cameras)."
+            f"none of the {num_queries} queries has a valid gallery match: every gallery image of a query's "
+            "identity has the query's camera id, and the standard protocol removes those. The camera ids are "
+            "probably missing or constant. For a custom dataset give real ones (root/cameras.csv or "
+            "data.custom.camera_regex), or data.custom.camera_mode=per_split when query and gallery come "
+            "from different places or times; in a feature file, fill query_camids / gallery_camids."
         )
     if skipped:
         logger.warning(
@@ -138,4 +147,12 @@ def check_valid_queries(num_valid: int, num_queries: int) -> None:
             skipped,
             num_queries,
             num_valid,
+        )
+    query_cams, gallery_cams = set(q_camids.tolist()), set(g_camids.tolist())
+    if query_cams.isdisjoint(gallery_cams):
+        logger.warning(
+            "query cameras %s and gallery cameras %s share no camera, so the same-camera rule removes "
+            "nothing and near-duplicate views count as hits; check that the camera ids are right",
+            sorted(query_cams)[:10],
+            sorted(gallery_cams)[:10],
         )
