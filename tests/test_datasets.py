@@ -340,6 +340,11 @@ def test_custom_csv_layout(tmp_path):
         ),
         ("path,pid,camid,split\nimg/a.jpg,1,zero,query\n", DatasetLayoutError, r"camid must be an integer"),
         (
+            "path,pid,camid,split\nimg/a.jpg,1,0,query\n../outside.jpg,1,1,gallery\n",
+            DatasetLayoutError,
+            r"data\.csv:3: path '\.\./outside\.jpg' leads outside",
+        ),
+        (
             "path,pid,camid,split\nimg/a.jpg,1,0,query\n",
             DatasetLayoutError,
             "at least one 'query' row and one",
@@ -347,7 +352,9 @@ def test_custom_csv_layout(tmp_path):
     ],
 )
 def test_custom_csv_errors_name_the_line(tmp_path, content, error, pattern):
-    (tmp_path / "img").mkdir()
+    tmp_path = tmp_path / "data"
+    (tmp_path / "img").mkdir(parents=True)
+    (tmp_path.parent / "outside.jpg").write_bytes(b"")  # exists, but is not the dataset's
     (tmp_path / "img" / "a.jpg").write_bytes(b"")
     (tmp_path / "data.csv").write_text(content)
     with pytest.raises(error, match=pattern):

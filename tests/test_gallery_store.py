@@ -405,3 +405,17 @@ def test_damaged_stored_features_are_quarantined_and_matching_keeps_working(tmp_
     assert hits[0].identity_id == ids[0] and np.isfinite(hits[0].distance)
     assert f"identities [{ids[0]}]" in caplog.text and f"identities [{ids[1]}]" in caplog.text
     assert f"entries [{entry_of_2}]" in caplog.text
+
+
+def test_crop_path_leading_outside_the_gallery_is_refused(tmp_path):
+    rng = np.random.default_rng(6)
+    root = tmp_path / "gallery"
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "x.jpg").write_bytes(b"not yours")
+    with open_store(root) as store:
+        video = store.register_video("cam1.avi", camera_id=1, fps=25.0, num_frames=900, width=768, height=576)
+        store.add_track(video, 1, 1, *make_track(rng, unit(rng.normal(size=DIM)), 0))
+    with sqlite3.connect(root / DB_FILENAME) as conn:
+        conn.execute("UPDATE entries SET crop_path = '../outside/x.jpg' WHERE id = 1")
+    with open_store(root, read_only=True) as store, pytest.raises(GalleryCorruptError, match="outside"):
+        store.search(unit(rng.normal(size=DIM)), topk=1)

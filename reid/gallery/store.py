@@ -802,9 +802,19 @@ class GalleryStore:
             "frame_index": row[1],
             "timestamp_s": row[2],
             "box_xywh": tuple(row[3:7]),
-            "crop_path": str(self.root / row[7]),
+            "crop_path": str(self._crop_path(row[0], row[7])),
             "quality": row[12],
         }
+
+    def _crop_path(self, entry_id: int, stored: str) -> Path:
+        """The crop file of an entry, refused when the stored path leads out of the crops folder."""
+        crops = (self.root / CROPS_DIRNAME).resolve()
+        path = self.root / stored
+        if not path.resolve().is_relative_to(crops):
+            raise GalleryCorruptError(
+                f"{self.root}: entry {entry_id} has crop_path {stored!r}, which leads outside {crops}"
+            )
+        return path
 
     # --------------------------------------------------------------------------------------------- closing
     def flush(self) -> None:

@@ -146,6 +146,12 @@ def _entries_from_csv(csv_path: Path, camera_regex: re.Pattern) -> list[_Entry]:
                 f"{where}: split must be one of {', '.join(SPLITS)}, got {row['split']!r}"
             )
         path = csv_path.parent / (row["path"] or "").strip()
+        base = csv_path.parent.resolve()
+        if not path.resolve().is_relative_to(base):
+            raise DatasetLayoutError(
+                f"{where}: path '{row['path']}' leads outside the CSV's folder {base}; image paths must be "
+                "relative to it, without '..' or absolute paths that escape it"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"{where}: image '{path}' does not exist")
         identity = (row["pid"] or "").strip()
