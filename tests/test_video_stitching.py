@@ -95,17 +95,24 @@ def test_covisible_distances_against_brute_force():
     feats = rng.normal(size=(5, 6))
     expected = [cosine_distances(feats[[i]], feats[[j]])[0, 0] for i in range(5) for j in range(i + 1, 5)
                 if spans[i][0] <= spans[j][1] and spans[j][0] <= spans[i][1]]
-    np.testing.assert_allclose(np.sort(covisible_distances(spans, feats)), np.sort(expected))
+    np.testing.assert_allclose(np.sort(covisible_distances(spans, feats, metric="cosine")), np.sort(expected),
+                               rtol=1e-5, atol=1e-6)
+    # In a euclidean gallery the cap must be in its units: squared distances of the raw features.
+    squared = [np.sum((feats[i] - feats[j]) ** 2) for i in range(5) for j in range(i + 1, 5)
+               if spans[i][0] <= spans[j][1] and spans[j][0] <= spans[i][1]]
+    euclidean = covisible_distances(spans, feats, metric="euclidean")
+    np.testing.assert_allclose(np.sort(euclidean), np.sort(squared), rtol=1e-5)
 
 
 def test_video_threshold_stays_below_the_closest_different_people():
     rng = np.random.default_rng(1)
     feats = rng.normal(size=(12, 8))
     spans = [(0, 100)] * 12  # everyone is visible together: 66 negative pairs
-    negatives = covisible_distances(spans, feats)
-    strict = video_match_threshold(spans, feats, ceiling=5.0, max_fpr=0.0)
+    negatives = covisible_distances(spans, feats, metric="cosine")
+    strict = video_match_threshold(spans, feats, ceiling=5.0, metric="cosine", max_fpr=0.0)
     assert strict < negatives.min()
-    loose = video_match_threshold(spans, feats, ceiling=5.0, max_fpr=0.1)
+    loose = video_match_threshold(spans, feats, ceiling=5.0, metric="cosine", max_fpr=0.1)
     assert np.mean(negatives <= loose) <= 0.1 < np.mean(negatives <= np.sort(negatives)[7])
-    assert video_match_threshold(spans, feats, ceiling=0.01, max_fpr=0.1) == 0.01  # never above the gallery's
-    assert video_match_threshold(spans[:3], feats[:3], ceiling=0.5) == 0.5  # too few pairs to measure
+    # never above the gallery's; and the gallery's when there are too few pairs to measure
+    assert video_match_threshold(spans, feats, ceiling=0.01, metric="cosine", max_fpr=0.1) == 0.01
+    assert video_match_threshold(spans[:3], feats[:3], ceiling=0.5, metric="cosine") == 0.5

@@ -241,7 +241,7 @@ class VideoToGallery:
             return None
         spans = [(track.first_frame, track.observations[-1][0]) for track, _ in kept]
         features = np.stack([bank.track_feature() for _, bank in kept])
-        return video_match_threshold(spans, features, self.store.match_threshold,
+        return video_match_threshold(spans, features, self.store.match_threshold, metric=self.store.metric,
                                      max_fpr=self.config.covisible_max_fpr)
 
     def _finish(self, track: Track, bank: TrackEvidence | None, result: VideoRunResult,

@@ -17,13 +17,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from reid.video.tracking import cosine_distances
+from reid.gallery.metric import pairwise_distances
 
 logger = logging.getLogger(__name__)
 
 
-def covisible_distances(spans: Sequence[tuple[int, int]], features: np.ndarray) -> np.ndarray:
-    """Cosine distances of all track pairs whose frame spans ``(first, last)`` overlap (different people)."""
+def covisible_distances(spans: Sequence[tuple[int, int]], features: np.ndarray, *, metric: str) -> np.ndarray:
+    """Gallery-``metric`` distances (:mod:`reid.gallery.metric`, the units of the threshold they cap) of all
+    track pairs whose frame spans ``(first, last)`` overlap (different people)."""
     if len(spans) != len(features):
         raise ValueError(f"{len(spans)} spans but {len(features)} features")
     if len(spans) < 2:
@@ -32,16 +33,16 @@ def covisible_distances(spans: Sequence[tuple[int, int]], features: np.ndarray) 
     last = np.array([s[1] for s in spans])
     overlap = (first[:, None] <= last[None, :]) & (first[None, :] <= last[:, None])
     rows, cols = np.nonzero(np.triu(overlap, k=1))
-    dist = cosine_distances(np.asarray(features, np.float64), np.asarray(features, np.float64))
-    return dist[rows, cols]
+    features = np.asarray(features, np.float32)
+    return pairwise_distances(features, features, metric)[rows, cols].astype(np.float64)
 
 
 def video_match_threshold(spans: Sequence[tuple[int, int]], features: np.ndarray, ceiling: float, *,
-                          max_fpr: float = 0.02, min_pairs: int = 10) -> float:
+                          metric: str, max_fpr: float = 0.02, min_pairs: int = 10) -> float:
     """``ceiling`` (the gallery's threshold) lowered so that at most ``max_fpr`` of the co-visible
     (different-person) track pairs of this video would match; ``ceiling`` when there are fewer than
     ``min_pairs`` such pairs to measure."""
-    negatives = covisible_distances(spans, features)
+    negatives = covisible_distances(spans, features, metric=metric)
     if len(negatives) < min_pairs:
         return float(ceiling)
     # The largest distance that at most max_fpr of the negatives reach (the FPR target of
