@@ -80,11 +80,15 @@ def test_command_line_entry_point(tmp_path):
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == REPORT_FILES
 
 
-def test_feature_file_without_camids_is_named(tmp_path):
+def test_feature_file_without_camids_is_named(tmp_path, capsys):
     np.savez(tmp_path / "bad.npz", query_features=np.zeros((2, 3)))
-    with pytest.raises(FeatureFileError, match="bad.npz: missing field.*query_camids"):
-        load_tool().main(["--features", str(tmp_path / "bad.npz"), "--output", str(tmp_path / "r")])
+    argv = ["--features", str(tmp_path / "bad.npz"), "--output", str(tmp_path / "r")]
+    assert load_tool().main(argv) == 2  # one line, no traceback
+    err = capsys.readouterr().err
+    assert "bad.npz: missing field" in err and "query_camids" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()
+    with pytest.raises(FeatureFileError):  # --debug shows the traceback
+        load_tool().main([*argv, "--debug"])
 
 
 def test_checkpoint_mode_extracts_evaluates_and_saves_features(tmp_path):
@@ -127,9 +131,47 @@ def test_checkpoint_mode_extracts_evaluates_and_saves_features(tmp_path):
     assert results["settings"]["checkpoint"] == str(checkpoint)
 
 
-def test_checkpoint_mode_errors(tmp_path):
+def test_checkpoint_mode_uses_the_configured_feature_and_custom_reader_options(tmp_path):
+    from reid.data.datasets import build_dataset
+    from reid.engine.extract import extract_features
+
+    root = generate_synthetic_dataset(tmp_path / "data", num_train_ids=2, num_test_ids=4, num_cameras=2,
+                                      images_per_id_per_camera=2, image_size=(64, 32), seed=0)  # fmt: skip
+    custom = tmp_path / "custom"  # query/gallery folders per identity, no camera ids in the names
+    for split, source in (("query", "query"), ("gallery", "bounding_box_test")):
+        for image in sorted((root / source).glob("*.jpg")):
+            target = custom / split / image.name.split("_")[0] / f"img{image.stem.split('_', 1)[1]}.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(image.read_bytes())
+    config = {
+        "data": {"name": "custom", "root": str(custom), "height": 64, "width": 32,
+                 "pixel_mean": [0.5] * 3, "pixel_std": [0.25] * 3,
+                 "custom": {"camera_regex": "c(\\d+)", "camera_mode": "per_split"}},
+        "model": {"backbone": "resnet18", "pretrained": "none"},
+        "test": {"feat": "before_bn"},
+    }  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(config["model"], 2)
+    with torch.no_grad():  # a BNNeck far from identity, so before_bn and after_bn features differ
+        model.bnneck.running_mean.uniform_(-1, 1)
+    checkpoint = tmp_path / "model.pt"
+    payload = {"model": model.state_dict(), "config": config, "num_classes": 2, "epoch": 1}
+    atomic_torch_save(payload, checkpoint)
+    out = tmp_path / "report"
+    assert load_tool().main(["--checkpoint", str(checkpoint), "--output", str(out), "--device", "cpu"]) == 0
+    saved = load_features(out / "features.npz")
+    dataset = build_dataset("custom", custom, camera_mode="per_split")
+    want = extract_features(model.eval(), dataset.query, input_size=(64, 32), mean=[0.5] * 3, std=[0.25] * 3,
+                            feat="before_bn", device="cpu")  # fmt: skip
+    np.testing.assert_allclose(saved.query_features, want, rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_mode_errors(tmp_path, capsys):
     tool = load_tool()
-    with pytest.raises(FileNotFoundError, match="--checkpoint: file not found: .*missing.pt"):
-        tool.main(["--checkpoint", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "r")])
+    assert tool.main(["--checkpoint", str(tmp_path / "missing.pt"), "--output", str(tmp_path / "r")]) == 2
+    assert "--checkpoint: file not found" in capsys.readouterr().err
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    assert tool.main(["--checkpoint", str(tmp_path / "text.pt"), "--output", str(tmp_path / "r")]) == 2
+    assert "text.pt" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tool.main(["--output", str(tmp_path / "r")])  # neither --features nor --checkpoint

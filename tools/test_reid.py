@@ -64,6 +64,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     model.add_argument("--flip", action="store_true", help="average features of the image and its mirror")
     model.add_argument("--batch-size", type=int, default=128)
     model.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda when available)")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     args = parser.parse_args(argv)
     for name in ("max_rank", "num_queries", "topk", "batch_size"):
         if getattr(args, name) < 1:
@@ -73,8 +74,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def features_from_checkpoint(args: argparse.Namespace) -> tuple[FeatureSet, dict[str, Any]]:
     """Load the retrieval model and extract query/gallery features of the configured dataset."""
-    from reid.data.datasets import build_dataset
     from reid.engine.extract import extract_features
+    from reid.engine.trainer import load_dataset
     from reid.evaluation.distance import resolve_device
     from reid.models import load_retrieval_model
 
@@ -93,9 +94,11 @@ def features_from_checkpoint(args: argparse.Namespace) -> tuple[FeatureSet, dict
             "checkpoint mode needs a dataset: give --dataset NAME --root DIR or --config FILE "
             "(the checkpoint's config has no data.name/data.root)"
         )
-    extra = dict(data_cfg.get("synthetic", {})) if name == "synthetic" else {}
-    dataset = build_dataset(name, root, **extra)
+    # The trainer's reader (data.custom / data.cuhk03 / data.synthetic options included) and its feature.
+    dataset = load_dataset({"data": {**data_cfg, "name": name, "root": root}})
+    feat = (info["config"].get("test") or {}).get("feat", "after_bn")
     options = dict(
+        feat=feat,
         input_size=tuple(info["input_size"]),
         mean=info["mean"],
         std=info["std"],
@@ -111,13 +114,25 @@ def features_from_checkpoint(args: argparse.Namespace) -> tuple[FeatureSet, dict
         fields[f"{split}_camids"] = [r.camid for r in records]
         fields[f"{split}_paths"] = [str(r.path) for r in records]
     features = FeatureSet(**fields)
-    source = {"checkpoint": str(args.checkpoint), "dataset": name, "root": str(root), "flip": args.flip}
+    source = {"checkpoint": str(args.checkpoint), "dataset": name, "root": str(root), "flip": args.flip,
+              "feat": feat}
     return features, source
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (OSError, ValueError, KeyError) as exc:  # bad input: one clear line (a traceback with --debug)
+        if args.debug:
+            raise
+        message = str(exc) if not isinstance(exc, KeyError) else f"missing field {exc}"
+        print(f"test_reid: error: {message}", file=sys.stderr)
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
     if args.features is not None:
         features = load_features(args.features)
         source: dict[str, Any] = {"features": str(args.features)}

@@ -86,7 +86,8 @@ def load_dataset(cfg: dict[str, Any]) -> ReIDDataset:
 
     ``data.synthetic``, ``data.custom`` and ``data.cuhk03`` hold the options of those readers."""
     data_cfg = cfg["data"]
-    kwargs = dict(data_cfg[data_cfg["name"]]) if data_cfg["name"] in ("synthetic", "custom", "cuhk03") else {}
+    reader_options = ("synthetic", "custom", "cuhk03")
+    kwargs = dict(data_cfg.get(data_cfg["name"]) or {}) if data_cfg["name"] in reader_options else {}
     return build_dataset(data_cfg["name"], data_cfg["root"], **kwargs)
 
 
