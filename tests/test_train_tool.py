@@ -80,6 +80,19 @@ def test_run_folder_holds_the_contracted_files(finished_run):
     assert "Dataset" in (run_dir / "train.log").read_text() and "query" in (run_dir / "train.log").read_text()
 
 
+def test_eval_only_never_overwrites_the_training_run(finished_run):
+    tmp, run_dir = finished_run
+    before = {name: (run_dir / name).read_bytes() for name in ("results.json", "config.yaml", "train.log")}
+    base = ["--config", str(REPO / "configs" / "synthetic.yml"), "--eval-only", str(run_dir / "best.pt"),
+            *_tiny(tmp / "data")]  # fmt: skip
+    assert train_reid.main([*base, "--output", str(run_dir)]) == 2  # refused, naming the run folder
+    assert train_reid.main(base) == 0  # default: its own folder beside the checkpoint
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+    (eval_dir,) = run_dir.glob("eval-*")
+    assert json.loads((eval_dir / "results.json").read_text())["mAP"] >= 0
+    assert yaml.safe_load((eval_dir / "config.yaml").read_text())["output_dir"] == str(eval_dir)
+
+
 def test_eval_only_reproduces_the_final_evaluation(finished_run):
     tmp, run_dir = finished_run
     eval_dir = tmp / "eval"

@@ -9,7 +9,8 @@
 
 Several ``--config`` files compose left to right; ``KEY=VALUE`` overrides (dotted keys) come last. The
 run folder (``--output``, else the config's ``output_dir``) receives config.yaml, train.log, metrics.jsonl,
-last.pt, best.pt and results.json.
+last.pt, best.pt and results.json. ``--eval-only`` writes its own folder (``--output``, else
+``eval-<time>/`` beside the checkpoint) and refuses one that holds a training run.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 from reid.engine.launch import compose_config, evaluate_checkpoint, train
@@ -51,6 +53,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+TRAINING_OUTPUTS = ("last.pt", "best.pt", "metrics.jsonl")
+
+
+def evaluation_folder(checkpoint: str, output: str | None) -> Path:
+    """Where ``--eval-only`` writes: never a training run's folder, whose results and config it would lose."""
+    folder = Path(output) if output else Path(checkpoint).parent / f"eval-{time.strftime('%Y%m%d-%H%M%S')}"
+    found = [name for name in TRAINING_OUTPUTS if (folder / name).exists()]
+    if found:
+        raise ValueError(
+            f"--eval-only: {folder} holds a training run ({', '.join(found)}); an evaluation would overwrite "
+            "its results.json, config.yaml and train.log. Give --output a new folder (default: eval-<time>/ "
+            "beside the checkpoint)"
+        )
+    return folder
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -60,12 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg = compose_config(args.config, args.overrides)
+        if args.eval_only:
+            eval_dir = evaluation_folder(args.eval_only, args.output)
+            cfg["output_dir"] = str(eval_dir)
+            evaluate_checkpoint(cfg, args.eval_only, eval_dir)
+            return 0
         if args.output:
             cfg["output_dir"] = args.output
         run_dir = Path(cfg["output_dir"])
-        if args.eval_only:
-            evaluate_checkpoint(cfg, args.eval_only, run_dir)
-            return 0
         resume = None
         if args.resume is not None:
             resume = Path(args.resume) if args.resume else run_dir / "last.pt"
