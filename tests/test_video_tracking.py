@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from reid.video.descriptor import describe_crops
+from reid.video.descriptor import APPEARANCE_THRESHOLDS, describe_crops
 from reid.video.tracking import KalmanBoxFilter, Tracker, TrackerConfig, track_rows
 
 
@@ -19,8 +19,13 @@ def colour_crop(bgr, seed):
     return np.clip(crop.astype(int) + rng.integers(-10, 10, crop.shape), 0, 255).astype(np.uint8)
 
 
-def run_tracker(walkers, frames, detect_every=1, drop=lambda f, w: False, config=None):
-    tracker = Tracker(config or TrackerConfig())
+# The handcrafted descriptor's own gates, as the pipeline sets them (TrackerConfig() alone is motion-only).
+DESCRIPTOR_GATES = TrackerConfig(max_appearance=APPEARANCE_THRESHOLDS.tracker_veto,
+                                 reactivate_appearance=APPEARANCE_THRESHOLDS.reactivation)
+
+
+def run_tracker(walkers, frames, detect_every=1, drop=lambda f, w: False, config=DESCRIPTOR_GATES):
+    tracker = Tracker(config)
     finished = []
     for f in range(frames):
         if f % detect_every:
