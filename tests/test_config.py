@@ -94,6 +94,7 @@ def test_yaml_1_1_pitfalls_in_files(tmp_path):
     [
         ("model.gdfl.enabld=true", "did you mean 'model.gdfl.enabled'"),
         ("gdfl.taps=[layer3]", "did you mean 'model.gdfl.taps'"),
+        ("solver.lr=0.1", "did you mean 'solver.base_lr'"),  # a sibling key, never the section 'solver'
         ("solver.milestones=30", "expects a list"),
         ("solver.milestones=[a, b]", "'solver.milestones' expects an integer"),
         ("seed=1.5", "'seed' expects an integer"),

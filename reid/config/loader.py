@@ -183,11 +183,20 @@ def _all_dotted_keys(schema: Mapping[str, Any], prefix: str = "") -> list[str]:
 
 
 def _unknown_key_error(dotted: str, source: str) -> ConfigError:
-    candidates = _all_dotted_keys(DEFAULTS)
-    close = difflib.get_close_matches(dotted, candidates, n=1, cutoff=0.5)
+    """The error for an unknown key, with the most likely intended key: a sibling in the same section
+    first (``solver.lr`` -> ``solver.base_lr``), never the section itself."""
+    parent, _, leaf = dotted.rpartition(".")
+    candidates = [k for k in _all_dotted_keys(DEFAULTS) if not dotted.startswith(f"{k}.")]
+    siblings = [k for k in candidates if k.rpartition(".")[0] == parent]
+    sibling_leaves = {k.rpartition(".")[2]: k for k in siblings}
+    matches = difflib.get_close_matches(leaf, list(sibling_leaves), n=1, cutoff=0.5)
+    close = [sibling_leaves[m] for m in matches]
     if not close:
-        leaf = dotted.rsplit(".", 1)[-1]
-        close = [k for k in candidates if k.rsplit(".", 1)[-1] == leaf][:1]
+        close = [k for name, k in sibling_leaves.items() if leaf and (leaf in name or name in leaf)][:1]
+    if not close:
+        close = difflib.get_close_matches(dotted, candidates, n=1, cutoff=0.5)
+    if not close:
+        close = [k for k in candidates if k.rpartition(".")[2] == leaf][:1]
     hint = f"; did you mean '{close[0]}'?" if close else ""
     return ConfigError(f"{source}: unknown config key '{dotted}'{hint}")
 
