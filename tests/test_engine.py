@@ -34,6 +34,7 @@ from reid.engine.checkpointing import check_resume_config
 from reid.engine.metrics_log import MetricsLog
 from reid.engine.trainer import resolve_amp_dtype
 from reid.models import CheckpointError, build_model
+from reid.models.checkpoint import read_checkpoint
 
 
 def _solver(**overrides):
@@ -121,6 +122,27 @@ def test_load_checkpoint_refuses_pickled_objects_and_incomplete_files(tmp_path):
         load_checkpoint(retrieval_only)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize(("content", "fragment"), [
+    (b"", r"empty\.pt is empty \(0 bytes\)"),
+    (b"version https://git-lfs.github.com/spec/v1\n", r"not a PyTorch checkpoint"),
+])
+def test_read_checkpoint_names_empty_and_foreign_files(tmp_path, content, fragment):
+    path = tmp_path / "empty.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=fragment):
+        read_checkpoint(path)
+
+
+def test_read_checkpoint_reports_a_truncated_archive_in_one_line(tmp_path):
+    whole = tmp_path / "whole.pt"
+    save_checkpoint({"model": {"w": torch.zeros(1000)}, "config": {}}, whole)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="cut.pt.*corrupt") as info:
+        read_checkpoint(cut)
+    assert "\n" not in str(info.value)
 
 
 def test_resume_config_check_lists_differences_and_ignores_bookkeeping_keys(caplog):

@@ -100,13 +100,23 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted copy or save?")
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    if magic != b"PK\x03\x04" and magic[:1] != b"\x80":  # torch.save's zip archive, or its legacy pickle
+        raise CheckpointError(
+            f"checkpoint {path} is not a PyTorch checkpoint ({size} bytes that are not the zip archive "
+            "torch.save writes): a truncated download, a text file, or the wrong file?"
+        )
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
-            f"cannot read checkpoint {path} with torch.load(weights_only=True) (corrupt, or it holds "
-            "arbitrary "
-            f"Python objects, which are refused for safety): {err}"
+            f"cannot read checkpoint {path} with torch.load(weights_only=True): it is corrupt or holds "
+            f"arbitrary Python objects, which are refused for safety ({reason})"
         ) from err
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, expected a dict")
