@@ -1,5 +1,7 @@
 """Person detectors behind one interface: ``detector(frame_bgr, frame_index) -> Detections``.
 
+* ``ssdlite``: SSDLite MobileNetV2 fine-tuned for people, shipped as ONNX in ``assets/detectors/`` and run
+  with onnxruntime over overlapping tiles of the frame (:mod:`reid.video.ssdlite`). The default of the tools.
 * ``hog``: OpenCV's built-in HOG + linear SVM people detector (Dalal & Triggs 2005). No model file, runs
   anywhere - but it lives in the main OpenCV wheels only before OpenCV 5 (afterwards in the contrib build).
   Its 64x128 window expects a person about 96 px tall; surveillance footage often shows people smaller than
@@ -26,7 +28,7 @@ from reid.video.mot_io import read_mot_file
 
 logger = logging.getLogger(__name__)
 
-DETECTOR_KINDS = ("hog", "onnx", "precomputed", "torchvision")
+DETECTOR_KINDS = ("ssdlite", "hog", "onnx", "precomputed", "torchvision")
 
 
 class DetectorUnavailableError(RuntimeError):
@@ -80,8 +82,9 @@ class HogPersonDetector:
     """OpenCV's default people detector with upscaling, NMS, a score threshold and a box fit.
 
     ``box_fit`` maps the detection window to the person inside it as fractions of the window
-    ``(dx, dy, w, h)``; the default was measured on PETS 2009 S2.L1 at ``resize=1.33`` (median over boxes
-    whose centre fell inside the window): the person is about half as wide and 70 % as tall as the window.
+    ``(dx, dy, w, h)``. The default is the geometry the detector was trained with, not a fit to any footage:
+    Dalal & Triggs' 64x128 training windows hold a person about 96 px tall with a 16 px margin on all four
+    sides, i.e. ``(16/64, 16/128, 32/64, 96/128)``.
     SVM margins become scores in [0, 1] with a logistic, ``1 / (1 + exp(-2 margin))``.
     """
 
@@ -89,7 +92,7 @@ class HogPersonDetector:
 
     def __init__(self, *, resize: float = 1.33, hit_threshold: float = 0.0, min_score: float = 0.5,
                  nms_iou: float = 0.3, win_stride: int = 8, pyramid_scale: float = 1.05,
-                 box_fit: tuple[float, float, float, float] = (0.25, 0.135, 0.49, 0.705)) -> None:
+                 box_fit: tuple[float, float, float, float] = (0.25, 0.125, 0.5, 0.75)) -> None:
         if not hog_available():
             raise DetectorUnavailableError(
                 "this OpenCV build has no HOGDescriptor people detector (OpenCV 5 moved it to the contrib "
@@ -296,10 +299,20 @@ class TorchvisionDetector:
 
 def build_detector(kind: str = "hog", *, detections: str | None = None, onnx_model: str | None = None,
                    resize: float | None = None, torchvision_model: str = "fasterrcnn_resnet50_fpn",
-                   min_score: float | None = None) -> Detector:
-    """The detector the command line asks for; ``detections`` (a det.txt) wins over ``kind``."""
+                   min_score: float | None = None, tiles: tuple[int, int] | None = None) -> Detector:
+    """The detector the command line asks for; ``detections`` (a det.txt) wins over ``kind``.
+
+    ``tiles`` (rows, cols) is the tile grid of ``ssdlite``; ``resize`` applies to ``hog`` only.
+    """
     if detections is not None:
         return PrecomputedDetector(detections, min_score=0.0 if min_score is None else min_score)
+    if kind == "ssdlite":
+        from reid.video.ssdlite import SsdlitePersonDetector
+
+        kwargs = {} if min_score is None else {"min_score": min_score}
+        if tiles is not None:
+            kwargs["tiles"] = tiles
+        return SsdlitePersonDetector(**kwargs)
     if kind == "hog":
         kwargs = {} if min_score is None else {"min_score": min_score}
         return HogPersonDetector(resize=1.33 if resize is None else resize, **kwargs)
