@@ -41,7 +41,8 @@ def test_demo_on_shipped_clip_writes_everything_and_appends_to_gallery(tmp_path)
     summary = json.loads((out1 / "summary.json").read_text())
     assert summary["frames_read"] == 30 and summary["fps_end_to_end"] > 0
     assert summary["identities_created"] >= 1 and summary["gallery_tracks"] >= 1
-    assert summary["settings"]["detector"] == "hog" and summary["settings"]["detect_every"] == 2
+    assert summary["settings"]["detector"] == "ssdlite" and summary["settings"]["detect_every"] == 2
+    assert summary["settings"]["tiles"] == [3, 3]
     tracks, identities = read_mot_file(out1 / "tracks.txt"), read_mot_file(out1 / "identities.txt")
     assert len(tracks) > 0 and tracks.frames.max() < 30
     assert set(identities.ids.tolist()) <= set(range(1, summary["gallery"]["identities"] + 1))
@@ -105,7 +106,8 @@ def test_odd_frame_size_is_read(tmp_path):
     assert all(frame.shape == (*size, 3) for _, frame in frames)
 
 
-@pytest.mark.parametrize("case", ["missing", "not_a_video", "zero_frames", "bad_detections"])
+@pytest.mark.parametrize("case", ["missing", "not_a_video", "zero_frames", "bad_detections", "detect_every",
+                                  "tiles", "camera_id"])
 def test_bad_input_fails_clearly_and_leaves_no_gallery(tmp_path, case):
     video = tmp_path / "clip.avi"
     extra = []
@@ -118,6 +120,10 @@ def test_bad_input_fails_clearly_and_leaves_no_gallery(tmp_path, case):
         det = tmp_path / "det.txt"
         det.write_text("1,-1,1,2,3,4,0.9\n2,-1,1,2,3\n")
         extra = ["--detections", det]
+    elif case in ("detect_every", "tiles", "camera_id"):  # refused before anything is opened or created
+        write_clip(video, [np.zeros((120, 160, 3), np.uint8)] * 3)
+        extra = {"detect_every": ["--detect-every", 0], "tiles": ["--tiles", "0x3"],
+                 "camera_id": ["--camera-id", -1]}[case]
     result = demo(video, "--gallery", tmp_path / "g", "--output", tmp_path / "out", *extra)
     assert result.returncode == 2
     expected = {
@@ -125,6 +131,9 @@ def test_bad_input_fails_clearly_and_leaves_no_gallery(tmp_path, case):
         "not_a_video": "clip.avi",
         "zero_frames": "clip.avi",
         "bad_detections": "det.txt:2",
+        "detect_every": "--detect-every must be at least 1, got 0",
+        "tiles": "RxC with R, C >= 1",
+        "camera_id": "--camera-id must be at least 0, got -1",
     }[case]
     assert expected in result.stderr
     assert not (tmp_path / "g").exists() and not (tmp_path / "out" / "summary.json").exists()

@@ -36,6 +36,7 @@ from reid.video.embedder import add_embedder_arguments, build_embedder, embedder
 from reid.video.mot_io import MotFormatError, write_mot_results
 from reid.video.pipeline import VideoRunResult, VideoToGallery, pipeline_config_for
 from reid.video.reader import VideoReader, VideoSourceError
+from reid.video.ssdlite import DEFAULT_TILES, parse_tiles
 from reid.video.visualize import (
     AtomicVideoWriter,
     contact_sheet,
@@ -63,7 +64,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_embedder_arguments(parser, purpose="from tools/train_reid.py")
     parser.add_argument("--camera-id", type=int, default=0, help="camera number recorded in the gallery")
     parser.add_argument(
-        "--detector", choices=[k for k in DETECTOR_KINDS if k != "precomputed"], default="hog"
+        "--detector", choices=[k for k in DETECTOR_KINDS if k != "precomputed"], default="ssdlite",
+        help="ssdlite: the shipped CNN (default); hog: OpenCV's HOG, no model file; onnx: your YOLO export; "
+        "torchvision: a torchvision detection model (needs its weights on disk)",
+    )
+    parser.add_argument(
+        "--tiles",
+        type=_tiles,
+        default=DEFAULT_TILES,
+        metavar="RxC",
+        help="ssdlite: run the network on R x C overlapping tiles of the frame, for people far from the "
+        "camera (default 3x3; 1x1 for footage of large people, faster)",
     )
     parser.add_argument("--onnx-model", help="YOLO person detector in ONNX format (with --detector onnx)")
     parser.add_argument(
@@ -92,7 +103,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--read-timeout", type=float, default=10.0, help="seconds to wait for a frame")
     parser.add_argument("--no-video", action="store_true", help="skip the annotated video")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Checked here, before a gallery folder or an output is created.
+    for name, value, least in (("--detect-every", args.detect_every, 1), ("--max-frames", args.max_frames, 1),
+                               ("--camera-id", args.camera_id, 0)):
+        if value is not None and value < least:
+            parser.error(f"{name} must be at least {least}, got {value}")
+    if args.read_timeout <= 0:
+        parser.error(f"--read-timeout must be positive, got {args.read_timeout}")
+    return args
+
+
+def _tiles(text: str) -> tuple[int, int]:
+    try:
+        return parse_tiles(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _identity_label(track_id: int, identity: int | None) -> tuple[str, int]:
@@ -201,7 +227,8 @@ def run(args: argparse.Namespace) -> dict:
     output = Path(args.output)
     detect_every = args.detect_every or (1 if args.detections else 4)
     detector = build_detector(
-        args.detector, detections=args.detections, onnx_model=args.onnx_model, resize=args.resize
+        args.detector, detections=args.detections, onnx_model=args.onnx_model, resize=args.resize,
+        tiles=args.tiles,
     )
     embedder = build_embedder(embedder_choice(args), device=args.device)
     config = pipeline_config_for(embedder, detect_every=detect_every)
