@@ -36,7 +36,8 @@ def write_clip(path, frames, size=(160, 120), fourcc="MJPG"):
 
 def test_demo_on_shipped_clip_writes_everything_and_appends_to_gallery(tmp_path):
     gallery, out1, out2 = tmp_path / "gallery", tmp_path / "run1", tmp_path / "run2"
-    first = demo("--gallery", gallery, "--output", out1, "--max-frames", 30, "--detect-every", 2)
+    first = demo("--gallery", gallery, "--output", out1, "--max-frames", 30, "--detect-every", 2,
+                 "--camera-id", 1)
     assert first.returncode == 0, first.stderr
     summary = json.loads((out1 / "summary.json").read_text())
     assert summary["frames_read"] == 30 and summary["fps_end_to_end"] > 0
@@ -51,13 +52,14 @@ def test_demo_on_shipped_clip_writes_everything_and_appends_to_gallery(tmp_path)
     with VideoReader(out1 / summary["outputs"]["annotated_video"]) as reader:
         assert reader.info.num_frames == 30 and (reader.info.width, reader.info.height) == (768, 576)
 
-    # A second video (here: the same clip again, camera 1) is appended and its people are recognised.
-    second = demo(
-        "--gallery", gallery, "--output", out2, "--max-frames", 30, "--detect-every", 2, "--camera-id", 1
-    )
+    # The next 30 frames as a second camera go into the same gallery: people still in view are recognised.
+    second = demo("--gallery", gallery, "--output", out2, "--start-frame", 30, "--max-frames", 30,
+                  "--detect-every", 2, "--camera-id", 2)
     assert second.returncode == 0, second.stderr
     again = json.loads((out2 / "summary.json").read_text())
     assert again["identities_matched"] >= 1
+    later = read_mot_file(out2 / "tracks.txt")
+    assert later.frames.min() >= 30 and later.frames.max() < 60  # the video's own frame numbers
     assert summary["settings"]["embedder"] == DEFAULT_EMBEDDER.model_name  # the shipped model by default
     with GalleryStore.open(
         gallery,
@@ -68,10 +70,15 @@ def test_demo_on_shipped_clip_writes_everything_and_appends_to_gallery(tmp_path)
         assert store.num_tracks == summary["gallery_tracks"] + again["gallery_tracks"]
         crops = sorted((gallery / "crops").rglob("*.jpg"))
         assert len(crops) == store.num_entries > 0
-        assert "_c1s2_" in " ".join(p.name for p in crops)  # Market-1501 style: camera 1, video 2
+        names = " ".join(p.name for p in crops)
+        assert "_c1s1_" in names and "_c2s2_" in names  # Market-1501 style: c<camera>s<video>
 
-    # The README's last step: search the gallery with one of its crops; its own identity must rank first.
-    query = crops[0]
+    # The README's last step: search with a camera-2 crop of a person seen by both cameras; their identity
+    # ranks first and its evidence includes camera 1.
+    both = {int(p.name.split("_")[0]) for p in crops if "_c1s1_" in p.name} & {
+        int(p.name.split("_")[0]) for p in crops if "_c2s2_" in p.name}
+    assert both
+    query = next(p for p in crops if "_c2s2_" in p.name and int(p.name.split("_")[0]) in both)
     search = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "search_gallery.py"), str(query), "--gallery", str(gallery),
          "--topk", "3", "--output", str(tmp_path / "search")],
@@ -80,7 +87,7 @@ def test_demo_on_shipped_clip_writes_everything_and_appends_to_gallery(tmp_path)
     assert search.returncode == 0, search.stderr
     hits = json.loads((tmp_path / "search" / "search.json").read_text())["hits"]
     assert hits[0]["identity_id"] == int(query.name.split("_")[0])
-    assert any(e["crop_path"].endswith(query.name) for e in hits[0]["evidence"])
+    assert any("_c1s1_" in e["crop_path"] for e in hits[0]["evidence"])
     assert cv2.imread(str(tmp_path / "search" / "search.png")) is not None
 
 
@@ -145,3 +152,16 @@ def test_reader_rejects_missing_and_undecodable(tmp_path):
     (tmp_path / "x.mp4").write_bytes(b"\0" * 100)
     with pytest.raises(VideoSourceError, match="x.mp4"):
         VideoReader(tmp_path / "x.mp4")
+
+
+def test_reader_starts_at_a_frame_and_keeps_the_source_numbering(tmp_path):
+    frames = [np.full((120, 160, 3), 20 * k, np.uint8) for k in range(8)]
+    clip = write_clip(tmp_path / "ramp.avi", frames)
+    with VideoReader(clip, start_frame=3, max_frames=4) as reader:
+        read = list(reader)
+    assert [index for index, _ in read] == [3, 4, 5, 6]
+    assert [round(float(frame.mean()) / 20) for _, frame in read] == [3, 4, 5, 6]  # the frames themselves
+    with VideoReader(clip, start_frame=7) as reader:
+        assert [index for index, _ in reader] == [7]
+    with pytest.raises(VideoSourceError, match="ends after 8 frames; cannot start at frame 9"):
+        VideoReader(clip, start_frame=9)

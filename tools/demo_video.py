@@ -92,6 +92,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="scale frames by S before detection (HOG default 1.33: its window wants people ~96 px tall)",
     )
+    parser.add_argument("--start-frame", type=int, default=0,
+                        help="skip the first N frames (frame numbers in the outputs stay the video's)")
     parser.add_argument("--max-frames", type=int, default=None, help="stop after N frames")
     parser.add_argument(
         "--match-threshold",
@@ -106,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     # Checked here, before a gallery folder or an output is created.
     for name, value, least in (("--detect-every", args.detect_every, 1), ("--max-frames", args.max_frames, 1),
-                               ("--camera-id", args.camera_id, 0)):
+                               ("--camera-id", args.camera_id, 0), ("--start-frame", args.start_frame, 0)):
         if value is not None and value < least:
             parser.error(f"{name} must be at least {least}, got {value}")
     if args.read_timeout <= 0:
@@ -128,7 +130,8 @@ def _identity_label(track_id: int, identity: int | None) -> tuple[str, int]:
 
 
 def render_video(
-    source: str, result: VideoRunResult, path: Path, *, max_frames: int | None, read_timeout: float
+    source: str, result: VideoRunResult, path: Path, *, max_frames: int | None, read_timeout: float,
+    start_frame: int = 0,
 ) -> Path:
     """Second pass over a file: draw every track's final boxes with its gallery identity."""
     by_frame: dict[int, list] = defaultdict(list)
@@ -138,7 +141,8 @@ def render_video(
             by_frame[frame_index].append((box, label, key))
     writer = AtomicVideoWriter(path, result.info.fps, (result.info.width, result.info.height))
     try:
-        with VideoReader(source, read_timeout_s=read_timeout, max_frames=max_frames) as reader:
+        with VideoReader(source, read_timeout_s=read_timeout, max_frames=max_frames,
+                         start_frame=start_frame) as reader:
             for index, frame in reader:
                 writer.write(draw_labelled_boxes(frame, by_frame.get(index, [])))
     except BaseException:
@@ -183,6 +187,7 @@ def write_outputs(
             output / "annotated.mp4",
             max_frames=args.max_frames,
             read_timeout=args.read_timeout,
+            start_frame=args.start_frame,
         )
     seconds = time.perf_counter() - started
     matched = {t.identity_id for t in result.gallery_tracks if not t.is_new_identity}
@@ -236,7 +241,8 @@ def run(args: argparse.Namespace) -> dict:
     new_gallery = not (Path(args.gallery) / DB_FILENAME).exists()
     if threshold is None and new_gallery and embedder.appearance is not None:
         threshold = embedder.appearance.gallery
-    reader = VideoReader(args.video, read_timeout_s=args.read_timeout, max_frames=args.max_frames)
+    reader = VideoReader(args.video, read_timeout_s=args.read_timeout, max_frames=args.max_frames,
+                         start_frame=args.start_frame)
     live_writer = None
     try:
         with GalleryStore.open(

@@ -152,8 +152,9 @@ class VideoToGallery:
         offline = info.is_file
         pending: list[tuple[Track, TrackEvidence | None]] = []
         start = time.perf_counter()
-        total = info.num_frames if reader.max_frames is None else min(info.num_frames or reader.max_frames,
-                                                                         reader.max_frames)
+        remaining = None if info.num_frames is None else max(0, info.num_frames - reader.start_frame)
+        total = remaining if reader.max_frames is None else min(remaining or reader.max_frames,
+                                                                reader.max_frames)
         # A live source ends with Ctrl-C or a stall: what was seen until then still reaches the gallery.
         try:
             for index, frame in tqdm(reader, total=total, desc="frames", unit="frame", disable=not progress):
@@ -172,7 +173,7 @@ class VideoToGallery:
                         del evidence[track_id]
                 if on_frame is not None:
                     on_frame(index, frame, [(t.track_id, t.box) for t in tracker.tracks if t.confirmed])
-                result.frames_read = index + 1
+                result.frames_read += 1
         except (KeyboardInterrupt, VideoStallError) as exc:
             result.stopped_by = f"{type(exc).__name__}: {exc}".rstrip(": ")
             logger.warning("stopped reading after %d frames (%s); finishing the tracks seen so far",

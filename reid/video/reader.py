@@ -70,10 +70,15 @@ def _as_bgr(frame: np.ndarray) -> np.ndarray:
 
 
 class VideoReader:
-    """Iterate ``(frame_index, frame)``; use as a context manager (or call :meth:`close`)."""
+    """Iterate ``(frame_index, frame)``; use as a context manager (or call :meth:`close`).
+
+    ``start_frame`` skips that many frames first (decoded and dropped, which is exact where seeking in a
+    compressed file is not); indices stay those of the source, so results of two parts of one video line
+    up with one ground truth. ``max_frames`` counts the frames read after the start.
+    """
 
     def __init__(self, spec: str | int, *, read_timeout_s: float = 10.0, max_frames: int | None = None,
-                 queue_size: int = 8) -> None:
+                 start_frame: int = 0, queue_size: int = 8) -> None:
         source = parse_source(spec)
         self._name = str(source)
         self._capture = cv2.VideoCapture(source)
@@ -83,6 +88,15 @@ class VideoReader:
             raise VideoSourceError(f"OpenCV cannot open {what} {self._name} (not a video, or unknown codec)")
         self.read_timeout_s = float(read_timeout_s)
         self.max_frames = max_frames
+        self.start_frame = int(start_frame)
+        if self.start_frame < 0:
+            self._capture.release()
+            raise ValueError(f"start_frame must be >= 0, got {start_frame}")
+        for skipped in range(self.start_frame):
+            if not self._capture.grab():
+                self._capture.release()
+                raise VideoSourceError(f"{self._name} ends after {skipped} frames; cannot start at frame "
+                                       f"{self.start_frame}")
         ok, first = self._capture.read()
         if not ok or first is None:
             self._capture.release()
@@ -139,7 +153,7 @@ class VideoReader:
         self._thread.start()
         size = (self.info.width, self.info.height)
         warned = False
-        index = 0
+        index = self.start_frame
         while True:
             try:
                 item = self._queue.get(timeout=self.read_timeout_s)
