@@ -1,13 +1,14 @@
 """MOTChallenge parsing and the identity / CLEAR-MOT scores, checked on hand-made cases."""
 
 import itertools
+import json
 
 import numpy as np
 import pytest
 
 from reid.video.boxes import iou_matrix, nms
 from reid.video.mot_io import MotFormatError, MotTable, format_mot_rows, read_mot_file, write_mot_results
-from reid.video.mot_metrics import clear_mot_scores, identity_scores
+from reid.video.mot_metrics import clear_mot_scores, identity_purity, identity_scores
 
 
 def table(rows):
@@ -102,6 +103,30 @@ def test_idf1_matches_brute_force_on_random_cases():
         assert identity_scores(gt, pred)["idf1"] == pytest.approx(reference_idf1(gt, pred))
 
 
+def test_identity_purity_counts_identities_per_person_and_mixed_identities():
+    # Person 1 is identity 7 in frames 0-5 and identity 9 in frames 6-11 (e.g. a second camera); person 2 is
+    # identity 8 throughout, except that identity 7 covers them for frames 9-11; person 3 is never found.
+    gt = table([(f, 1, 0, 0, 10, 20) for f in range(12)] + [(f, 2, 100, 0, 10, 20) for f in range(12)]
+               + [(f, 3, 300, 0, 10, 20) for f in range(3)])
+    pred = table([(f, 7, 0, 0, 10, 20) for f in range(6)] + [(f, 9, 0, 0, 10, 20) for f in range(6, 12)]
+                 + [(f, 8, 100, 0, 10, 20) for f in range(9)] + [(f, 7, 100, 0, 10, 20) for f in range(9, 12)]
+                 + [(4, 8, 0, 0, 10, 20)])  # a one-frame duplicate: below min_frames, ignored
+    purity = identity_purity(gt, pred)
+    assert purity["identities_per_person"] == {1: [7, 9], 2: [7, 8], 3: []}
+    assert purity["people_per_identity"] == {7: [1, 2], 8: [2], 9: [1]}
+    assert (purity["people_with_one_identity"], purity["people_with_several"], purity["people_never_found"],
+            purity["identities_mixing_people"]) == (0, 2, 1, 1)
+    assert identity_purity(gt, pred, min_frames=4)["identities_per_person"][2] == [8]
+
+
+def test_empty_tables_score_without_crashing():
+    empty = table(np.zeros((0, 6)))
+    gt = table([(0, 1, 0, 0, 10, 10)])
+    assert empty.by_frame() == {}
+    assert clear_mot_scores(gt, empty)["num_misses"] == 1
+    assert identity_scores(gt, empty)["idf1"] == 0.0
+
+
 def test_misses_and_false_positives():
     gt = table([(0, 1, 0, 0, 10, 10), (1, 1, 0, 0, 10, 10)])
     pred = table([(0, 5, 0, 0, 10, 10), (1, 5, 50, 50, 10, 10)])
@@ -121,3 +146,31 @@ def test_nms_matches_brute_force():
         if all(iou_matrix(boxes[i], boxes[j])[0, 0] <= 0.3 for j in expected):
             expected.append(int(i))
     assert keep.tolist() == expected
+
+
+def test_eval_mot_combines_runs_over_parts_of_one_video(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "eval_mot", Path(__file__).resolve().parents[1] / "tools" / "eval_mot.py")
+    eval_mot = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_mot)
+    write_mot_results(tmp_path / "gt.txt", [(f, 1, 0, 0, 10, 20, 1) for f in range(10)])
+    write_mot_results(tmp_path / "cam1.txt", [(f, 4, 0, 0, 10, 20, 1) for f in range(5)])
+    write_mot_results(tmp_path / "cam2.txt", [(f, 4, 0, 0, 10, 20, 1) for f in range(5, 10)])
+    gt, cam1, cam2 = (str(tmp_path / name) for name in ("gt.txt", "cam1.txt", "cam2.txt"))
+    args = ["--gt", gt, "--combine", cam1, cam2]
+    assert eval_mot.main(args) == 0
+    out = capsys.readouterr().out
+    assert "IDF1 1.000" in out and "people with one identity 1" in out and "person 1: identities [4]" in out
+    # The same gallery identity split into two: the person got two identities.
+    write_mot_results(tmp_path / "cam2.txt", [(f, 5, 0, 0, 10, 20, 1) for f in range(5, 10)])
+    assert eval_mot.main([*args, "--json"]) == 0
+    combined = json.loads(capsys.readouterr().out)
+    assert combined["people_with_several"] == 1 and combined["identities_per_person"] == {"1": [4, 5]}
+    assert combined["idf1"] == pytest.approx(0.5)
+    # Runs that share frames cannot be one identity space over one video.
+    assert eval_mot.main(["--gt", str(tmp_path / "gt.txt"), "--combine", str(tmp_path / "cam1.txt"),
+                          str(tmp_path / "cam1.txt")]) == 2
+    assert "both have frame 1" in capsys.readouterr().err

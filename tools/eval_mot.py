@@ -2,6 +2,12 @@
 """Score MOTChallenge tracking results against a ground-truth file: IDF1/IDP/IDR and MOTA.
 
     python tools/eval_mot.py --gt gt.txt runs/demo/tracks.txt runs/demo/identities.txt
+    python tools/eval_mot.py --gt gt.txt --combine runs/cam1/identities.txt runs/cam2/identities.txt
+
+``--combine`` scores several runs into one gallery as one result: their identities.txt share the gallery's
+identity numbers, and each run keeps the video's frame numbers (``demo_video.py --start-frame``), so the runs
+over parts of one video line up with its ground truth. It also reports, per person, how many identities they
+got and how many identities mix people (pairs matched in at least --min-frames frames).
 
 Ground-truth rows whose 7th column ("consider" flag) is 0 are ignored, as in the MOTChallenge 2D benchmarks.
 Identity measures: Ristani et al. 2016 (global bipartite matching of trajectories, IoU >= --iou counts);
@@ -14,8 +20,10 @@ import argparse
 import json
 import sys
 
-from reid.video.mot_io import MotFormatError, read_mot_file
-from reid.video.mot_metrics import evaluate_tracking
+import numpy as np
+
+from reid.video.mot_io import MotFormatError, MotTable, read_mot_file
+from reid.video.mot_metrics import evaluate_tracking, identity_purity
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,10 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gt", required=True, help="ground-truth file (MOTChallenge gt.txt)")
     parser.add_argument("--iou", type=float, default=0.5, help="IoU at which a box counts as a match")
     parser.add_argument("--json", action="store_true", help="print one JSON object per result file")
+    parser.add_argument("--combine", action="store_true",
+                        help="score the result files together, as runs into one gallery")
+    parser.add_argument("--min-frames", type=int, default=3,
+                        help="with --combine: frames a person-identity pair needs to count (default 3)")
     args = parser.parse_args(argv)
     try:
         gt = read_mot_file(args.gt)
         gt = gt.select(gt.scores > 0)
+        if args.combine:
+            return _combined(gt, [read_mot_file(path) for path in args.results], args)
         for path in args.results:
             scores = evaluate_tracking(gt, read_mot_file(path), args.iou)
             if args.json:
@@ -41,9 +55,36 @@ def main(argv: list[str] | None = None) -> int:
                     f"{scores['precision']:.3f} switches {scores['num_switches']} "
                     f"ids {scores['num_pred_ids']} (gt {scores['num_gt_ids']})"
                 )
-    except (FileNotFoundError, MotFormatError) as exc:
+    except (FileNotFoundError, MotFormatError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _combined(gt: MotTable, runs: list[MotTable], args: argparse.Namespace) -> int:
+    for k, run in enumerate(runs):
+        for other, later in zip(runs[:k], args.results[:k], strict=True):
+            shared = np.intersect1d(np.unique(run.frames), np.unique(other.frames))
+            if shared.size:
+                raise ValueError(f"{args.results[k]} and {later} both have frame {int(shared[0]) + 1}: "
+                                 "combined runs must cover different frames (demo_video.py --start-frame)")
+    pred = MotTable(*(np.concatenate([getattr(r, name) for r in runs]) for name in
+                      ("frames", "ids", "boxes", "scores")))
+    scores = evaluate_tracking(gt, pred, args.iou)
+    purity = identity_purity(gt, pred, args.iou, min_frames=args.min_frames)
+    if args.json:
+        print(json.dumps({"files": args.results, **scores, **{k: v for k, v in purity.items()
+                                                              if not isinstance(v, dict)},
+                          "identities_per_person": {str(k): v for k, v in
+                                                    purity["identities_per_person"].items()}}))
+        return 0
+    print(f"{len(runs)} runs combined: IDF1 {scores['idf1']:.3f} MOTA {scores['mota']:.3f} "
+          f"ids {scores['num_pred_ids']} (gt {scores['num_gt_ids']})")
+    print(f"people with one identity {purity['people_with_one_identity']}, with several "
+          f"{purity['people_with_several']}, never found {purity['people_never_found']}; identities mixing "
+          f"people {purity['identities_mixing_people']}")
+    for person, identities in purity["identities_per_person"].items():
+        print(f"  person {person}: identities {identities}")
     return 0
 
 

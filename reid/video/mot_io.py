@@ -42,6 +42,8 @@ class MotTable:
 
     def by_frame(self) -> dict[int, np.ndarray]:
         """Row indices of each frame that has boxes."""
+        if len(self) == 0:
+            return {}
         order = np.argsort(self.frames, kind="stable")
         frames = self.frames[order]
         starts = np.flatnonzero(np.r_[True, frames[1:] != frames[:-1]])

@@ -55,6 +55,40 @@ def identity_scores(gt: MotTable, pred: MotTable, iou_threshold: float = 0.5) ->
 
 def clear_mot_scores(gt: MotTable, pred: MotTable, iou_threshold: float = 0.5) -> dict[str, float]:
     """MOTA, MOTP (mean IoU of matches), recall, precision and the miss / false-positive / switch counts."""
+    scores, _ = _clear_mot(gt, pred, iou_threshold)
+    return scores
+
+
+def identity_purity(gt: MotTable, pred: MotTable, iou_threshold: float = 0.5, *,
+                    min_frames: int = 3) -> dict[str, object]:
+    """How many predicted identities each person got, and how many predicted identities mix people.
+
+    Counted on the frame-by-frame CLEAR-MOT correspondences; a pair counts when matched in at least
+    ``min_frames`` frames, so that a one-frame mix-up at a crossing is not an identity. Over several runs into
+    one gallery (one global identity space) this is the cross-camera view: a person seen by two cameras
+    should still get one identity.
+    """
+    _, pair_frames = _clear_mot(gt, pred, iou_threshold)
+    per_person: dict[int, set[int]] = {int(g): set() for g in np.unique(gt.ids)}
+    per_identity: dict[int, set[int]] = {}
+    for (gid, pid), frames in pair_frames.items():
+        if frames >= min_frames:
+            per_person[gid].add(pid)
+            per_identity.setdefault(pid, set()).add(gid)
+    return {
+        "identities_per_person": {gid: sorted(pids) for gid, pids in per_person.items()},
+        "people_per_identity": {pid: sorted(gids) for pid, gids in per_identity.items()},
+        "people_with_one_identity": sum(len(p) == 1 for p in per_person.values()),
+        "people_with_several": sum(len(p) > 1 for p in per_person.values()),
+        "people_never_found": sum(len(p) == 0 for p in per_person.values()),
+        "identities_mixing_people": sum(len(g) > 1 for g in per_identity.values()),
+    }
+
+
+def _clear_mot(gt: MotTable, pred: MotTable, iou_threshold: float
+               ) -> tuple[dict[str, float], dict[tuple[int, int], int]]:
+    """CLEAR-MOT scores and the number of frames each (gt id, pred id) pair was matched."""
+    pair_frames: dict[tuple[int, int], int] = {}
     last_match: dict[int, int] = {}  # gt id -> pred id it was last matched to
     matches = misses = false_pos = switches = 0
     iou_sum = 0.0
@@ -83,12 +117,13 @@ def clear_mot_scores(gt: MotTable, pred: MotTable, iou_threshold: float = 0.5) -
             if gid in last_match and last_match[gid] != pid:
                 switches += 1
             last_match[gid] = pid
+            pair_frames[gid, pid] = pair_frames.get((gid, pid), 0) + 1
             iou_sum += float(iou[gi, pj])
         matches += len(pairs)
         misses += len(g) - len(pairs)
         false_pos += len(p) - len(pairs)
     num_gt = len(gt)
-    return {
+    scores = {
         "mota": 1.0 - (misses + false_pos + switches) / max(num_gt, 1),
         "motp": iou_sum / max(matches, 1),
         "recall": matches / max(num_gt, 1),
@@ -98,6 +133,7 @@ def clear_mot_scores(gt: MotTable, pred: MotTable, iou_threshold: float = 0.5) -
         "num_false_positives": false_pos,
         "num_switches": switches,
     }
+    return scores, pair_frames
 
 
 def evaluate_tracking(gt: MotTable, pred: MotTable, iou_threshold: float = 0.5) -> dict[str, float]:
