@@ -114,7 +114,7 @@ def test_odd_frame_size_is_read(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing", "not_a_video", "zero_frames", "bad_detections", "detect_every",
-                                  "tiles", "camera_id"])
+                                  "tiles", "camera_id", "tiny_for_hog"])
 def test_bad_input_fails_clearly_and_leaves_no_gallery(tmp_path, case):
     video = tmp_path / "clip.avi"
     extra = []
@@ -127,6 +127,9 @@ def test_bad_input_fails_clearly_and_leaves_no_gallery(tmp_path, case):
         det = tmp_path / "det.txt"
         det.write_text("1,-1,1,2,3,4,0.9\n2,-1,1,2,3\n")
         extra = ["--detections", det]
+    elif case == "tiny_for_hog":  # HOG reads out of bounds on frames smaller than its window: refused first
+        write_clip(video, [np.zeros((64, 64, 3), np.uint8)] * 3, size=(64, 64))
+        extra = ["--detector", "hog"]
     elif case in ("detect_every", "tiles", "camera_id"):  # refused before anything is opened or created
         write_clip(video, [np.zeros((120, 160, 3), np.uint8)] * 3)
         extra = {"detect_every": ["--detect-every", 0], "tiles": ["--tiles", "0x3"],
@@ -141,6 +144,7 @@ def test_bad_input_fails_clearly_and_leaves_no_gallery(tmp_path, case):
         "detect_every": "--detect-every must be at least 1, got 0",
         "tiles": "RxC with R, C >= 1",
         "camera_id": "--camera-id must be at least 0, got -1",
+        "tiny_for_hog": "smaller than the HOG window of 64x128",
     }[case]
     assert expected in result.stderr
     assert not (tmp_path / "g").exists() and not (tmp_path / "out" / "summary.json").exists()

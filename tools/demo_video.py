@@ -243,6 +243,13 @@ def run(args: argparse.Namespace) -> dict:
         threshold = embedder.appearance.gallery
     reader = VideoReader(args.video, read_timeout_s=args.read_timeout, max_frames=args.max_frames,
                          start_frame=args.start_frame)
+    check_frame_size = getattr(detector, "check_frame_size", None)
+    if check_frame_size is not None:  # before the gallery is created
+        try:
+            check_frame_size(reader.info.width, reader.info.height)
+        except ValueError:
+            reader.close()
+            raise
     live_writer = None
     try:
         with GalleryStore.open(

@@ -110,7 +110,21 @@ class HogPersonDetector:
         self._hog = cv2.HOGDescriptor()
         self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
 
+    WINDOW = (64, 128)  # the default people detector's window, width x height
+
+    def check_frame_size(self, width: int, height: int) -> None:
+        """Refuse frames smaller than the HOG window after ``resize``: OpenCV's detectMultiScale reads out of
+        bounds on them and can take the process down (heap corruption), so it is never called on one."""
+        scaled = (int(round(width * self.resize)), int(round(height * self.resize)))
+        if scaled[0] < self.WINDOW[0] or scaled[1] < self.WINDOW[1]:
+            raise ValueError(
+                f"frames of {width}x{height} px are {scaled[0]}x{scaled[1]} at --resize {self.resize:g}, "
+                f"smaller than the HOG window of {self.WINDOW[0]}x{self.WINDOW[1]}: use a larger --resize or "
+                "--detector ssdlite"
+            )
+
     def __call__(self, frame: np.ndarray, frame_index: int) -> Detections:
+        self.check_frame_size(frame.shape[1], frame.shape[0])
         image = frame
         if self.resize != 1.0:
             interpolation = cv2.INTER_LINEAR if self.resize > 1 else cv2.INTER_AREA
