@@ -100,9 +100,25 @@ def test_precomputed_detections(tmp_path):
     first = detector(frame, 0)
     np.testing.assert_allclose(first.boxes, [[10, 20, 30, 60]])  # the box outside the frame is dropped
     assert len(detector(frame, 1)) == 0 and len(detector(frame, 2)) == 1
+    assert not detector.warn_if_unused(range(0, 3))
     path.write_text("1,-1,10,20,30,60,0.9\n2,-1,10,twenty,30,60,0.9\n")
     with pytest.raises(MotFormatError, match=r"det\.txt:2"):
         build_detector(detections=str(path))
+
+
+def test_detections_that_miss_the_video_or_are_empty_are_warned_about(tmp_path, caplog):
+    path = tmp_path / "det.txt"
+    path.write_text("501,-1,10,20,30,60,0.9\n")  # frames of another, longer video
+    detector = build_detector(detections=str(path))
+    frame = np.zeros((100, 200, 3), np.uint8)
+    assert all(len(detector(frame, f)) == 0 for f in range(10))
+    with caplog.at_level("WARNING"):
+        assert detector.warn_if_unused(range(0, 10))
+    assert "frames 501-501, 1-based" in caplog.text and "frames 1-10" in caplog.text
+    path.write_text("")
+    with caplog.at_level("WARNING"):
+        empty = build_detector(detections=str(path))
+    assert "has no detections" in caplog.text and len(empty(frame, 0)) == 0
 
 
 def test_unavailable_detectors_fail_clearly(tmp_path):

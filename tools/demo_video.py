@@ -31,7 +31,7 @@ from pathlib import Path
 from reid.gallery import GalleryError, GalleryStore
 from reid.gallery.schema import DB_FILENAME
 from reid.utils.io import atomic_write_json
-from reid.video.detection import DETECTOR_KINDS, DetectorUnavailableError, build_detector
+from reid.video.detection import DETECTOR_KINDS, DetectorUnavailableError, PrecomputedDetector, build_detector
 from reid.video.embedder import add_embedder_arguments, build_embedder, embedder_choice
 from reid.video.mot_io import MotFormatError, write_mot_results
 from reid.video.pipeline import VideoRunResult, VideoToGallery, pipeline_config_for
@@ -277,6 +277,8 @@ def run(args: argparse.Namespace) -> dict:
                 config=config,
             )
             result = pipeline.run(reader, on_frame=on_frame, progress=not args.quiet)
+            if isinstance(detector, PrecomputedDetector):
+                detector.warn_if_unused(range(args.start_frame, args.start_frame + result.frames_read))
             live_video = live_writer.commit() if live_writer is not None else None
             live_writer = None
             summary = write_outputs(args, result, store, output, live_video, started)

@@ -252,13 +252,29 @@ class PrecomputedDetector:
         self._frames = {
             frame: (table.boxes[rows], table.scores[rows]) for frame, rows in table.by_frame().items()
         }
-        logger.info("loaded %d detections for %d frames from %s", len(table), len(self._frames), det_file)
+        self.frames_served = 0  # video frames that had boxes in the file
+        if not self._frames:
+            logger.warning("%s has no detections: every frame will be empty", det_file)
+        else:
+            logger.info("loaded %d detections for %d frames from %s", len(table), len(self._frames), det_file)
 
     def __call__(self, frame: np.ndarray, frame_index: int) -> Detections:
         found = self._frames.get(int(frame_index))
         if found is None:
             return Detections.empty()
+        self.frames_served += 1
         return _finalize(found[0], found[1], frame.shape, self.min_score, self.nms_iou)
+
+    def warn_if_unused(self, frames: range) -> bool:
+        """After a run over video ``frames``: warn (and return True) when the file had boxes but none of them
+        fell on a frame that was read - a det.txt of another video, or 0-based frame numbers."""
+        if self.frames_served or not self._frames:
+            return False
+        first, last = min(self._frames), max(self._frames)
+        logger.warning("%s: none of its detections (frames %d-%d, 1-based) is on a frame of this video "
+                       "(frames %d-%d): is it the det.txt of another video?", self.path, first + 1, last + 1,
+                       frames.start + 1, frames.stop)
+        return True
 
 
 TORCHVISION_MODELS = {
