@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from test_video_tracking import colour_crop, majority_ids, run_tracker, walker_box
 
+from reid.video.boxes import iou_matrix
 from reid.video.descriptor import APPEARANCE_THRESHOLDS, describe_crops
 from reid.video.self_calibration import covisible_distances, video_match_threshold
 from reid.video.stitching import StitchConfig, endpoint, merge_tracks, stitch_chains
@@ -102,6 +103,21 @@ def test_covisible_distances_against_brute_force():
                if spans[i][0] <= spans[j][1] and spans[j][0] <= spans[i][1]]
     euclidean = covisible_distances(spans, feats, metric="euclidean")
     np.testing.assert_allclose(np.sort(euclidean), np.sort(squared), rtol=1e-5)
+
+
+def test_covisible_pairs_whose_boxes_touch_are_not_negatives():
+    # Tracks 0 and 1 walk side by side, apart; track 2 crosses track 0 at frame 5 (boxes overlap there), so
+    # its crops may be mixed with track 0's: that pair is no certain negative.
+    spans = [(0, 9), (0, 9), (3, 7)]
+    feats = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.05]])
+    walk = lambda x0, dx, frames: {f: np.array([x0 + dx * f, 0.0, 10.0, 30.0]) for f in frames}  # noqa: E731
+    boxes = [walk(0, 0, range(10)), walk(50, 0, range(10)), walk(-25, 5, range(3, 8))]
+    assert np.max(np.diag(iou_matrix(np.array([boxes[0][5]]), np.array([boxes[2][5]])))) > 0
+    everything = covisible_distances(spans, feats, metric="cosine")
+    apart = covisible_distances(spans, feats, metric="cosine", boxes=boxes)
+    assert len(everything) == 3 and len(apart) == 2  # 0-2 left out, 0-1 and 1-2 kept
+    np.testing.assert_allclose(np.sort(apart), np.sort(cosine_distances(feats[[1]], feats[[0, 2]])[0]),
+                               rtol=1e-5)
 
 
 def test_video_threshold_stays_below_the_closest_different_people():

@@ -242,8 +242,9 @@ class VideoToGallery:
             return None
         spans = [(track.first_frame, track.observations[-1][0]) for track, _ in kept]
         features = np.stack([bank.track_feature() for _, bank in kept])
+        boxes = [{frame: box for frame, box, _ in track.observations} for track, _ in kept]
         return video_match_threshold(spans, features, self.store.match_threshold, metric=self.store.metric,
-                                     max_fpr=self.config.covisible_max_fpr)
+                                     max_fpr=self.config.covisible_max_fpr, boxes=boxes)
 
     def _finish(self, track: Track, bank: TrackEvidence | None, result: VideoRunResult,
                 match_threshold: float | None = None) -> None:

@@ -8,41 +8,66 @@ threshold was set on. Capping the gallery threshold at a low quantile of these d
 share of different-person pairs that would still merge; see :mod:`reid.gallery.calibration`) makes the
 gallery merge tracks of this video only when the descriptor separates people here, and keep the tracker's
 split otherwise: a wrong merge costs identity precision for both people, a missed one only a fragment.
+
+Only pairs whose boxes never overlap count: at a crossing, or when one person is detected twice, two tracks
+can swap or share crops, and a single such pair (distance near 0) would set the cap and stop all matching.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from reid.gallery.metric import pairwise_distances
+from reid.video.boxes import iou_matrix
 
 logger = logging.getLogger(__name__)
 
 
-def covisible_distances(spans: Sequence[tuple[int, int]], features: np.ndarray, *, metric: str) -> np.ndarray:
+def covisible_distances(spans: Sequence[tuple[int, int]], features: np.ndarray, *, metric: str,
+                        boxes: Sequence[Mapping[int, np.ndarray]] | None = None) -> np.ndarray:
     """Gallery-``metric`` distances (:mod:`reid.gallery.metric`, the units of the threshold they cap) of all
-    track pairs whose frame spans ``(first, last)`` overlap (different people)."""
-    if len(spans) != len(features):
-        raise ValueError(f"{len(spans)} spans but {len(features)} features")
+    track pairs whose frame spans ``(first, last)`` overlap (different people).
+
+    With ``boxes`` (per track, frame -> x, y, w, h), a pair counts only when its boxes never overlap in the
+    frames both were seen: two tracks whose boxes touch (people crossing, walking close, or one person
+    detected twice) may have swapped or mixed crops, so their features are not those of two clean, different
+    people - one such pair would otherwise set the cap.
+    """
+    if len(spans) != len(features) or (boxes is not None and len(boxes) != len(spans)):
+        raise ValueError(f"{len(spans)} spans, {len(features)} features"
+                         + ("" if boxes is None else f" and {len(boxes)} box tracks") + " must match")
     if len(spans) < 2:
         return np.zeros(0)
     first = np.array([s[0] for s in spans])
     last = np.array([s[1] for s in spans])
     overlap = (first[:, None] <= last[None, :]) & (first[None, :] <= last[:, None])
     rows, cols = np.nonzero(np.triu(overlap, k=1))
+    if boxes is not None:
+        apart = np.array([_never_overlap(boxes[i], boxes[j]) for i, j in zip(rows, cols, strict=True)], bool)
+        rows, cols = rows[apart], cols[apart]
     features = np.asarray(features, np.float32)
     return pairwise_distances(features, features, metric)[rows, cols].astype(np.float64)
 
 
+def _never_overlap(a: Mapping[int, np.ndarray], b: Mapping[int, np.ndarray]) -> bool:
+    shared = a.keys() & b.keys()
+    if not shared:
+        return True
+    frames = sorted(shared)
+    return float(np.max(np.diag(iou_matrix(np.array([a[f] for f in frames]),
+                                           np.array([b[f] for f in frames]))))) <= 0.0
+
+
 def video_match_threshold(spans: Sequence[tuple[int, int]], features: np.ndarray, ceiling: float, *,
-                          metric: str, max_fpr: float = 0.02, min_pairs: int = 10) -> float:
+                          metric: str, max_fpr: float = 0.02, min_pairs: int = 10,
+                          boxes: Sequence[Mapping[int, np.ndarray]] | None = None) -> float:
     """``ceiling`` (the gallery's threshold) lowered so that at most ``max_fpr`` of the co-visible
     (different-person) track pairs of this video would match; ``ceiling`` when there are fewer than
-    ``min_pairs`` such pairs to measure."""
-    negatives = covisible_distances(spans, features, metric=metric)
+    ``min_pairs`` such pairs to measure. ``boxes``: see :func:`covisible_distances`."""
+    negatives = covisible_distances(spans, features, metric=metric, boxes=boxes)
     if len(negatives) < min_pairs:
         return float(ceiling)
     # The largest distance that at most max_fpr of the negatives reach (the FPR target of
