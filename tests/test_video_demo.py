@@ -93,7 +93,8 @@ def test_demo_on_shipped_clip_writes_everything_and_appends_to_gallery(tmp_path)
 
 def test_video_without_people(tmp_path):
     clip = write_clip(tmp_path / "empty.avi", [np.full((120, 160, 3), 90, np.uint8)] * 12)
-    result = demo(clip, "--gallery", tmp_path / "g", "--output", tmp_path / "out", "--detect-every", 1)
+    result = demo(clip, "--gallery", tmp_path / "g", "--output", tmp_path / "out", "--detect-every", 1,
+                  "--embedder", "handcrafted")  # no person, no crop: the embedder never runs
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["frames_read"] == 12 and summary["tracks"] == 0 and summary["identities_in_run"] == 0

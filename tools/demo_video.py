@@ -231,25 +231,27 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     output = Path(args.output)
     detect_every = args.detect_every or (1 if args.detections else 4)
-    detector = build_detector(
-        args.detector, detections=args.detections, onnx_model=args.onnx_model, resize=args.resize,
-        tiles=args.tiles,
-    )
-    embedder = build_embedder(embedder_choice(args), device=args.device)
+    # Cheap checks first (the source, the detections, the frame size), the re-ID model last, and all of it
+    # before the gallery is created.
+    reader = VideoReader(args.video, read_timeout_s=args.read_timeout, max_frames=args.max_frames,
+                         start_frame=args.start_frame)
+    try:
+        detector = build_detector(
+            args.detector, detections=args.detections, onnx_model=args.onnx_model, resize=args.resize,
+            tiles=args.tiles,
+        )
+        check_frame_size = getattr(detector, "check_frame_size", None)
+        if check_frame_size is not None:
+            check_frame_size(reader.info.width, reader.info.height)
+        embedder = build_embedder(embedder_choice(args), device=args.device)
+    except BaseException:
+        reader.close()
+        raise
     config = pipeline_config_for(embedder, detect_every=detect_every)
     threshold = args.match_threshold
     new_gallery = not (Path(args.gallery) / DB_FILENAME).exists()
     if threshold is None and new_gallery and embedder.appearance is not None:
         threshold = embedder.appearance.gallery
-    reader = VideoReader(args.video, read_timeout_s=args.read_timeout, max_frames=args.max_frames,
-                         start_frame=args.start_frame)
-    check_frame_size = getattr(detector, "check_frame_size", None)
-    if check_frame_size is not None:  # before the gallery is created
-        try:
-            check_frame_size(reader.info.width, reader.info.height)
-        except ValueError:
-            reader.close()
-            raise
     live_writer = None
     try:
         with GalleryStore.open(

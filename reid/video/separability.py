@@ -33,7 +33,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import numpy as np
-from scipy.stats import rankdata
 
 from reid.gallery.calibration import calibrate_threshold
 from reid.video.tracking import cosine_distances
@@ -101,6 +100,8 @@ def roc_auc(pos_dists: np.ndarray, neg_dists: np.ndarray) -> float:
     pos, neg = np.asarray(pos_dists, np.float64).ravel(), np.asarray(neg_dists, np.float64).ravel()
     if pos.size == 0 or neg.size == 0:
         raise ValueError(f"need positive and negative pairs, got {pos.size} and {neg.size}")
+    from scipy.stats import rankdata  # here: scipy.stats costs ~1 s to import, every tool start would pay it
+
     ranks = rankdata(np.concatenate([pos, neg]))  # ascending distance, ties get their mean rank
     # Sum of negative ranks minus its minimum = number of (pos, neg) pairs with the negative farther.
     u_neg = ranks[pos.size:].sum() - neg.size * (neg.size + 1) / 2
