@@ -329,3 +329,34 @@ def test_center_loss_weight_does_not_change_the_centres_gradient(tmp_path):
         grads.append(trainer.criterion.center.centers.grad.clone())
     assert grads[0].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1])
+
+
+class _ScaledFeatures(torch.nn.Module):
+    """A feature extractor whose feature norm varies from image to image, directions unchanged."""
+
+    def __init__(self, scale: bool):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, images):
+        features = images.mean(dim=2).flatten(1)  # B x (3 * W): per-column colour profiles
+        if self.scale:
+            features = features * (1.0 + 20.0 * images.std(dim=(1, 2, 3), keepdim=False)[:, None])
+        return features
+
+
+def test_cosine_evaluation_and_its_reranking_ignore_the_feature_norm(tmp_path):
+    # Cosine distance ignores the norm, so re-ranking under the cosine metric must too (it once re-ranked
+    # unnormalised features in the trainer but normalised ones in the report tool).
+    from reid.engine.evaluate import evaluate_model
+
+    records = _write_images(tmp_path / "imgs", 18)
+    query, gallery = records[:6], records[6:]
+    cfg = load_config(None, ["test.metric=cosine", "test.rerank.enabled=true", "test.rerank.k1=4",
+                             "test.rerank.k2=2", "data.height=32", "data.width=16", "test.batch_size=8",
+                             "data.num_workers=0"])
+    plain = evaluate_model(_ScaledFeatures(False), query, gallery, cfg)
+    scaled = evaluate_model(_ScaledFeatures(True), query, gallery, cfg)
+    assert set(plain) >= {"mAP", "rerank_mAP", "rerank_rank1"}
+    for key in plain:
+        assert scaled[key] == pytest.approx(plain[key], abs=1e-6), key

@@ -16,7 +16,8 @@ from torch import nn
 
 from reid.data import ImageRecord
 from reid.engine.extract import extract_features
-from reid.evaluation import compute_distance_matrix, evaluate_rank, re_ranking
+from reid.evaluation.features_file import FeatureSet
+from reid.evaluation.report import EvaluationSettings, RerankSettings, evaluate_features
 
 logger = logging.getLogger(__name__)
 
@@ -100,21 +101,21 @@ def evaluate_model(
     gallery_feats = extract_features(model, gallery, **common)
     q_pids, q_camids = _ids(query)
     g_pids, g_camids = _ids(gallery)
-    max_rank = min(50, len(gallery))
-    distmat = compute_distance_matrix(query_feats, gallery_feats, metric=test_cfg["metric"])
-    results = _summarise(evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank))
     rerank_cfg = test_cfg["rerank"]
     use_rerank = bool(rerank_cfg["enabled"]) if rerank is None else rerank
-    if use_rerank:
-        reranked = re_ranking(
-            query_feats,
-            gallery_feats,
-            k1=int(rerank_cfg["k1"]),
-            k2=int(rerank_cfg["k2"]),
-            lambda_value=float(rerank_cfg["lambda_value"]),
-        )
-        ranking = evaluate_rank(reranked, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
-        results.update(_summarise(ranking, prefix="rerank_"))
+    # The one evaluation path (reid.evaluation.report), so the trainer, --eval-only and tools/test_reid.py
+    # rank, normalise and re-rank alike.
+    features = FeatureSet(query_feats, q_pids, q_camids, tuple(r.path for r in query),
+                          gallery_feats, g_pids, g_camids, tuple(r.path for r in gallery))
+    settings = EvaluationSettings(
+        metric=test_cfg["metric"],
+        rerank=RerankSettings(k1=int(rerank_cfg["k1"]), k2=int(rerank_cfg["k2"]),
+                              lambda_value=float(rerank_cfg["lambda_value"])) if use_rerank else None,
+    )
+    outcome = evaluate_features(features, settings)
+    results = _summarise(outcome.plain)
+    if outcome.reranked is not None:
+        results.update(_summarise(outcome.reranked, prefix="rerank_"))
     return results
 
 
