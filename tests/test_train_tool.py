@@ -157,3 +157,19 @@ def test_bad_input_fails_with_a_clear_message(tmp_path, caplog, extra, message):
     with caplog.at_level(logging.ERROR):
         assert train_reid.main(argv) == 2
     assert message in caplog.text
+
+
+@pytest.mark.parametrize("base_lr", ["1e6", "1e30"])
+def test_diverged_run_stops_with_one_line_and_no_checkpoint(tmp_path, caplog, base_lr):
+    # 1e6 explodes the loss while it stays finite; 1e30 makes it non-finite. Both used to end differently
+    # (rc 0 with results and best.pt written, or an uncaught traceback), neither in train.log.
+    run = tmp_path / "run"
+    argv = ["--config", str(REPO / "configs" / "synthetic.yml"), "--output", str(run),
+            *_tiny(tmp_path / "data"), "solver.epochs=3", "solver.max_iters_per_epoch=4",
+            "solver.warmup_epochs=0", "solver.optimizer=sgd", f"solver.base_lr={base_lr}",
+            "test.eval_period=1"]  # fmt: skip
+    with caplog.at_level(logging.ERROR):
+        assert train_reid.main(argv) == 1
+    assert "training diverged at epoch" in caplog.text and "lower solver.base_lr" in caplog.text
+    assert "training diverged" in (run / "train.log").read_text()
+    assert not (run / "best.pt").exists() and not (run / "results.json").exists()

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from reid.engine.launch import compose_config, evaluate_checkpoint, train
+from reid.engine.trainer import TrainingDivergedError
 
 logger = logging.getLogger("train_reid")
 
@@ -97,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 2
+    except TrainingDivergedError:
+        return 1  # the trainer has logged the one-line reason (console and train.log)
     return 0
 
 

@@ -58,6 +58,14 @@ from reid.utils.io import atomic_write_json
 
 logger = logging.getLogger(__name__)
 
+# A loss this many times the first step's marks a diverged run (the learning rate is far too high): a healthy
+# run's loss falls from its first value, and 4e13 from a start near 10 is not a schedule's bump.
+DIVERGENCE_FACTOR = 1e3
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss became non-finite or exploded; raised before the step that would apply it."""
+
 
 def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for ``solver.amp`` on ``device`` (None = fp32; the CPU always trains in fp32)."""
@@ -182,6 +190,7 @@ class Trainer:
         self.global_step = 0
         self.best_metric = -math.inf
         self.best_epoch = -1
+        self._first_loss: torch.Tensor | None = None
         if self.resume_path is not None:
             self._restore(self.resume_path)
 
@@ -293,14 +302,29 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=autocast_dtype, enabled=self.amp_dtype is not None):
             outputs = self.train_model(images)
         loss, logs = self.criterion(_to_float32(outputs), pids)
-        if not all_ranks_agree(torch.isfinite(loss), self.ctx):
-            raise FloatingPointError(
-                f"Non-finite loss on some rank (this one: {loss.item()}) at epoch {self.epoch + 1}, "
-                f"step {self.global_step}: {logs}"
-            )
+        self._check_divergence(loss)
         self._optimize(loss)
         self.global_step += 1
         return logs
+
+    def _check_divergence(self, loss: torch.Tensor) -> None:
+        """Stop before a step on a diverged loss: not finite, or ``DIVERGENCE_FACTOR`` times the first
+        step's loss of this process (a healthy run only goes down from there). Every rank stops together."""
+        value = loss.detach().float()
+        first = self._first_loss if self._first_loss is not None else value
+        healthy = torch.isfinite(value) & (value <= DIVERGENCE_FACTOR * first.abs())
+        if all_ranks_agree(healthy, self.ctx):
+            if self._first_loss is None:
+                self._first_loss = value
+            return
+        shown = float(value)
+        why = "is not finite" if not math.isfinite(shown) else (
+            f"is {shown / float(first):.3g} times the first step's {float(first):.3g}")
+        raise TrainingDivergedError(
+            f"training diverged at epoch {self.epoch + 1}, step {self.global_step + 1}: the loss {shown:.4g} "
+            f"{why} (on this or another rank); lower solver.base_lr (now {self.solver['base_lr']:g}) or add "
+            "warm-up (solver.warmup_epochs). No checkpoint was written from the diverged state."
+        )
 
     def _optimize(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -373,7 +397,11 @@ class Trainer:
             first_epoch = self.epoch
             final: dict[str, Any] = {}
             while self.epoch < self.epochs:
-                record = self._train_epoch()
+                try:
+                    record = self._train_epoch()
+                except TrainingDivergedError as exc:
+                    logger.error("%s", exc)  # into train.log too, before the tool reports it
+                    raise
                 self.epoch += 1
                 record = {"epoch": self.epoch, "step": self.global_step, **record}
                 improved = False
