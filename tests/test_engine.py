@@ -135,6 +135,20 @@ def test_read_checkpoint_names_empty_and_foreign_files(tmp_path, content, fragme
         read_checkpoint(path)
 
 
+def test_damaged_weights_inside_an_intact_archive_are_refused(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    weights = torch.arange(4096, dtype=torch.float32)
+    save_checkpoint({"model": {"w": weights}, "config": {}}, path)
+    assert torch.equal(read_checkpoint(path)["model"]["w"], weights)
+    data = bytearray(path.read_bytes())
+    start = bytes(data).find(weights.numpy().tobytes()[:64])
+    assert start > 0  # torch stores tensors uncompressed: the zip stays valid when their bytes change
+    data[start + 1024 : start + 1024 + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="do not match the sha256"):
+        read_checkpoint(path)
+
+
 def test_read_checkpoint_reports_a_truncated_archive_in_one_line(tmp_path):
     whole = tmp_path / "whole.pt"
     save_checkpoint({"model": {"w": torch.zeros(1000)}, "config": {}}, whole)

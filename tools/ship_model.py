@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from reid.models.checkpoint import CheckpointError, load_retrieval_model, retrieval_state_dict
+from reid.models.checkpoint import CheckpointError, load_retrieval_model, retrieval_state_dict, with_checksum
 from reid.utils.io import atomic_torch_save
 
 
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if info["appearance_thresholds"] is not None:  # calibrated video gates travel with the weights
         shipped["appearance_thresholds"] = info["appearance_thresholds"]
-    atomic_torch_save(shipped, args.out)
+    atomic_torch_save(with_checksum(shipped), args.out)
     print(f"wrote {args.out} ({info['model_name']}, feature dim {info['feature_dim']})")
     return 0
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from reid.models.checkpoint import CheckpointError, read_checkpoint
+from reid.models.checkpoint import CheckpointError, read_checkpoint, with_checksum
 from reid.utils.io import atomic_torch_save
 
 logger = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class ResumeConfigError(ValueError):
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """Atomically write ``state`` (a crash mid-save keeps the previous file intact)."""
-    state = {"format_version": CHECKPOINT_FORMAT_VERSION, **state}
+    state = with_checksum({"format_version": CHECKPOINT_FORMAT_VERSION, **state})
     atomic_torch_save(state, path)
 
 
