@@ -134,6 +134,8 @@ def test_corrupt_training_image_is_named_or_skipped_and_counted(tmp_path, caplog
 
 def test_resume_continues_to_more_epochs_only_when_forced(finished_run, caplog):
     tmp, run_dir = finished_run
+    leftover = run_dir / ".last.pt.k2j4x.tmp"  # what a save killed mid-write leaves
+    leftover.write_bytes(b"\0" * 1000)
     configs = ["--config", f"{REPO}/configs/synthetic.yml", "--config", f"{REPO}/configs/ablation/D.yml"]
     base = [*configs, "--output", str(run_dir), *_tiny(tmp / "data"), "solver.epochs=3"]
     with caplog.at_level(logging.ERROR):
@@ -141,6 +143,7 @@ def test_resume_continues_to_more_epochs_only_when_forced(finished_run, caplog):
     assert "solver.epochs: 2 -> 3" in caplog.text
     assert train_reid.main([*base, "--resume", "--force-resume"]) == 0
     assert torch.load(run_dir / "last.pt", weights_only=True)["epoch"] == 3
+    assert not leftover.exists() and (run_dir / "config.yaml").exists()
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ from reid.engine.seeding import capture_rng_state, restore_rng_state, seed_every
 from reid.losses import build_criterion
 from reid.models import build_model
 from reid.models.checkpoint import load_model_weights
-from reid.utils.io import atomic_write_json
+from reid.utils.io import atomic_write_json, remove_leftover_temporaries
 
 logger = logging.getLogger(__name__)
 
@@ -374,6 +374,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with run_log_file(self.run_dir, self.ctx.is_main):
             if self.ctx.is_main:
+                remove_leftover_temporaries(self.run_dir)  # e.g. a .last.pt.*.tmp of a killed save
                 save_config(self.cfg, self.run_dir / "config.yaml")
                 self.metrics.truncate_after(self.epoch)
                 logger.info("Dataset %s\n%s", self.dataset.name, self.dataset.summary())

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -37,6 +40,21 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+
+
+def remove_leftover_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of atomic writes into ``folder`` that a killed process left (``.NAME.*.tmp``,
+    possibly as large as a checkpoint). Call it when starting to own the folder, before writing to it."""
+    removed = []
+    for tmp in sorted(Path(folder).glob(".*.tmp")):
+        if tmp.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    if removed:
+        logger.warning("removed %d temporary file(s) of interrupted writes in %s: %s", len(removed), folder,
+                       ", ".join(p.name for p in removed))
+    return removed
 
 
 def _read_umask() -> int:
