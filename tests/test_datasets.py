@@ -105,6 +105,14 @@ def test_market_empty_split_folder(tmp_path):
         build_dataset("market1501", tmp_path)
 
 
+def test_images_one_level_too_deep_are_pointed_at(tmp_path):
+    nested = {**MARKET_FILES, "query": []}
+    _touch_all(tmp_path, nested)
+    _touch_all(tmp_path / "query", {"extracted": MARKET_FILES["query"]})
+    with pytest.raises(DatasetLayoutError, match=r"deeper, in \['extracted'\]: move them into 'query'"):
+        build_dataset("market1501", tmp_path)
+
+
 def test_market_bad_name_errors_or_is_skipped_with_a_count(tmp_path, caplog):
     _touch_all(tmp_path, {**MARKET_FILES, "query": MARKET_FILES["query"] + ["holiday_photo.jpg"]})
     with pytest.raises(DatasetLayoutError, match=r"holiday_photo\.jpg.*PPPP_cCsS_FFFFFF_NN\.jpg"):

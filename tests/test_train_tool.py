@@ -127,7 +127,7 @@ def test_corrupt_training_image_is_named_or_skipped_and_counted(tmp_path, caplog
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     with caplog.at_level(logging.ERROR):  # a full epoch visits every training image, the corrupt one too
         assert train_reid.main([*argv, "solver.max_iters_per_epoch=null"]) == 2
-    assert bad.name in caplog.text
+    assert bad.name in caplog.text and "data.skip_corrupt=true" in caplog.text  # and how to go on
     assert train_reid.main([*argv, "data.skip_corrupt=true"]) == 0
     assert json.loads((tmp_path / "run" / "results.json").read_text())["skipped_train_images"] == 1
 

@@ -59,7 +59,12 @@ class ReIDImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
-        image = self.transform(read_image(record.path))
+        try:
+            decoded = read_image(record.path)
+        except CorruptImageError as exc:  # found mid-epoch: say how to go on without it
+            raise CorruptImageError(exc.path, f"{exc.reason} (data.skip_corrupt=true leaves unreadable "
+                                    "images out, checking every file before training)") from exc
+        image = self.transform(decoded)
         return {"image": image, "pid": record.pid, "camid": record.camid, "path": record.path, "index": index}
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:

@@ -35,7 +35,10 @@ def read_split_folder(folder: Path, parser: NameParser, keep_distractors: bool) 
     """Records of one split folder, without junk boxes and (unless ``keep_distractors``) distractors."""
     images = list_images(folder)
     if not images:
-        raise DatasetLayoutError(f"Split folder '{folder}' contains no images")
+        nested = sorted(p.name for p in folder.iterdir() if p.is_dir() and list_images(p))
+        hint = (f"; the images are one level deeper, in {nested[:3]}: move them into '{folder.name}' itself"
+                if nested else "")
+        raise DatasetLayoutError(f"Split folder '{folder}' contains no images{hint}")
     records = []
     for path in images:
         parsed = parser.parse(path)
