@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from reid.gallery import GalleryMismatchError, GalleryStore, calibrate_threshold
+from reid.gallery import GalleryStore, calibrate_threshold
 from reid.gallery.calibration import labelled_pair_distances
 from reid.video.separability import image_set_thresholds
 from reid.video.tracking import TrackerConfig
@@ -63,8 +63,11 @@ def test_calibrate_threshold_tool_reports_and_stores_into_a_gallery(tmp_path, ca
     assert GalleryStore.read_meta(tmp_path / "gallery").match_threshold == pytest.approx(expected.threshold)
     assert "threshold" in capsys.readouterr().out
 
-    with pytest.raises(GalleryMismatchError, match="'net' \\(requested 'other'\\)"):
-        tool.main([*argv, "--gallery", str(tmp_path / "gallery"), "--store", "--model-name", "other"])
+    # Another model's gallery is refused before anything is written (it used to write --output first).
+    elsewhere = ["--features", str(tmp_path / "feats.npz"), "--output", str(tmp_path / "never")]
+    with pytest.raises(ValueError, match=r"built with net \(dim 12\), not other \(dim 12\); nothing was"):
+        tool.main([*elsewhere, "--gallery", str(tmp_path / "gallery"), "--store", "--model-name", "other"])
+    assert not (tmp_path / "never").exists()
     with pytest.raises(SystemExit):
         tool.main([*argv, "--target", "median"])
     with pytest.raises(SystemExit):  # --store without saying which model wrote the features

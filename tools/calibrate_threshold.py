@@ -152,6 +152,15 @@ def embed_dataset(args: argparse.Namespace, embedder) -> tuple[LabelledSet, Labe
     return sets[0], sets[1]
 
 
+def _check_store_target(args: argparse.Namespace, meta, model_name: str, feature_dim: int) -> None:
+    """With --store, refuse a gallery of another model or dimension before anything is written."""
+    if not args.store or meta is None:
+        return
+    if meta.model_name != model_name or meta.feature_dim != feature_dim:
+        raise ValueError(f"--store: gallery {args.gallery} was built with {meta.model_name} (dim "
+                         f"{meta.feature_dim}), not {model_name} (dim {feature_dim}); nothing was written")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -161,8 +170,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --metric {metric} differs from the gallery's metric {meta.metric}")
     if args.features:
         (query, gallery), model_name = load_feature_file(args.features), args.model_name
+        _check_store_target(args, meta, model_name, query[0].shape[1])
     else:
         embedder = build_embedder(embedder_choice(args), device=args.device)
+        _check_store_target(args, meta, embedder.model_name, embedder.feature_dim)  # before embedding
         (query, gallery), model_name = embed_dataset(args, embedder), embedder.model_name
     pos, neg = labelled_pair_distances(
         *query, *gallery, metric=metric, max_negatives=args.max_negatives, seed=args.seed
