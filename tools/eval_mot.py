@@ -23,7 +23,7 @@ import sys
 import numpy as np
 
 from reid.video.mot_io import MotFormatError, MotTable, read_mot_file
-from reid.video.mot_metrics import evaluate_tracking, identity_purity
+from reid.video.mot_metrics import evaluate_tracking
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,30 +63,26 @@ def main(argv: list[str] | None = None) -> int:
 
 def _combined(gt: MotTable, runs: list[MotTable], args: argparse.Namespace) -> int:
     for k, run in enumerate(runs):
-        for other, later in zip(runs[:k], args.results[:k], strict=True):
-            shared = np.intersect1d(np.unique(run.frames), np.unique(other.frames))
+        for earlier, before in zip(runs[:k], args.results[:k], strict=True):
+            shared = np.intersect1d(run.frames, earlier.frames)
             if shared.size:
-                raise ValueError(f"{args.results[k]} and {later} both have frame {int(shared[0]) + 1}: "
+                raise ValueError(f"{args.results[k]} and {before} both have frame {int(shared[0]) + 1}: "
                                  "combined runs must cover different frames (demo_video.py --start-frame)")
     pred = MotTable(*(np.concatenate([getattr(r, name) for r in runs]) for name in
                       ("frames", "ids", "boxes", "scores")))
-    scores = evaluate_tracking(gt, pred, args.iou)
-    purity = identity_purity(gt, pred, args.iou, min_frames=args.min_frames)
+    scores = evaluate_tracking(gt, pred, args.iou, purity_min_frames=args.min_frames)
     if args.json:
-        print(json.dumps({"files": args.results, **scores, **{k: v for k, v in purity.items()
-                                                              if not isinstance(v, dict)},
-                          "identities_per_person": {str(k): v for k, v in
-                                                    purity["identities_per_person"].items()}}))
+        scores.pop("people_per_identity")
+        print(json.dumps({"files": args.results, **scores}))
         return 0
     print(f"{len(runs)} runs combined: IDF1 {scores['idf1']:.3f} MOTA {scores['mota']:.3f} "
           f"ids {scores['num_pred_ids']} (gt {scores['num_gt_ids']})")
-    print(f"people with one identity {purity['people_with_one_identity']}, with several "
-          f"{purity['people_with_several']}, never found {purity['people_never_found']}; identities mixing "
-          f"people {purity['identities_mixing_people']}")
-    for person, identities in purity["identities_per_person"].items():
+    print(f"people with one identity {scores['people_with_one_identity']}, with several "
+          f"{scores['people_with_several']}, never found {scores['people_never_found']}; identities mixing "
+          f"people {scores['identities_mixing_people']}")
+    for person, identities in scores["identities_per_person"].items():
         print(f"  person {person}: identities {identities}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -69,6 +69,10 @@ def identity_purity(gt: MotTable, pred: MotTable, iou_threshold: float = 0.5, *,
     should still get one identity.
     """
     _, pair_frames = _clear_mot(gt, pred, iou_threshold)
+    return _purity(gt, pair_frames, min_frames)
+
+
+def _purity(gt: MotTable, pair_frames: dict[tuple[int, int], int], min_frames: int) -> dict[str, object]:
     per_person: dict[int, set[int]] = {int(g): set() for g in np.unique(gt.ids)}
     per_identity: dict[int, set[int]] = {}
     for (gid, pid), frames in pair_frames.items():
@@ -136,10 +140,15 @@ def _clear_mot(gt: MotTable, pred: MotTable, iou_threshold: float
     return scores, pair_frames
 
 
-def evaluate_tracking(gt: MotTable, pred: MotTable, iou_threshold: float = 0.5) -> dict[str, float]:
-    """Identity and CLEAR-MOT scores plus the number of distinct gt and predicted ids."""
-    scores = identity_scores(gt, pred, iou_threshold)
-    scores.update(clear_mot_scores(gt, pred, iou_threshold))
+def evaluate_tracking(gt: MotTable, pred: MotTable, iou_threshold: float = 0.5, *,
+                      purity_min_frames: int | None = None) -> dict[str, object]:
+    """Identity and CLEAR-MOT scores plus the number of distinct gt and predicted ids; with
+    ``purity_min_frames`` also :func:`identity_purity`'s figures (from the same CLEAR-MOT pass)."""
+    scores: dict[str, object] = dict(identity_scores(gt, pred, iou_threshold))
+    clear, pair_frames = _clear_mot(gt, pred, iou_threshold)
+    scores.update(clear)
+    if purity_min_frames is not None:
+        scores.update(_purity(gt, pair_frames, purity_min_frames))
     scores["num_gt_ids"] = int(np.unique(gt.ids).size)
     scores["num_pred_ids"] = int(np.unique(pred.ids).size)
     return scores

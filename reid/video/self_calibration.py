@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from reid.gallery.metric import pairwise_distances
-from reid.video.boxes import iou_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +52,15 @@ def covisible_distances(spans: Sequence[tuple[int, int]], features: np.ndarray, 
 
 
 def _never_overlap(a: Mapping[int, np.ndarray], b: Mapping[int, np.ndarray]) -> bool:
-    shared = a.keys() & b.keys()
+    """No frame seen by both where the two x, y, w, h boxes share any area (compared frame by frame)."""
+    shared = sorted(a.keys() & b.keys())
     if not shared:
         return True
-    frames = sorted(shared)
-    return float(np.max(np.diag(iou_matrix(np.array([a[f] for f in frames]),
-                                           np.array([b[f] for f in frames]))))) <= 0.0
+    boxes_a = np.array([a[f] for f in shared], dtype=np.float64)
+    boxes_b = np.array([b[f] for f in shared], dtype=np.float64)
+    lo = np.maximum(boxes_a[:, :2], boxes_b[:, :2])
+    hi = np.minimum(boxes_a[:, :2] + boxes_a[:, 2:], boxes_b[:, :2] + boxes_b[:, 2:])
+    return not bool(np.any(np.all(hi > lo, axis=1)))
 
 
 def video_match_threshold(spans: Sequence[tuple[int, int]], features: np.ndarray, ceiling: float, *,
