@@ -124,6 +124,19 @@ def test_market_bad_name_errors_or_is_skipped_with_a_count(tmp_path, caplog):
     assert "skipped 2 files" in caplog.text
 
 
+def test_bad_names_are_skipped_with_data_strict_false_from_the_command_line(tmp_path):
+    from reid.config import load_config
+    from reid.engine.trainer import load_dataset
+
+    _touch_all(tmp_path, {**MARKET_FILES, "query": MARKET_FILES["query"] + ["holiday_photo.jpg"]})
+    overrides = ["data.name=market1501", f"data.root={tmp_path}"]
+    with pytest.raises(DatasetLayoutError, match=r"set data\.strict=false"):
+        load_dataset(load_config(None, overrides))
+    assert len(load_dataset(load_config(None, [*overrides, "data.strict=false"])).query) == len(
+        build_dataset("market1501", tmp_path, strict=False).query
+    )
+
+
 def test_market_camera_out_of_range_is_rejected(tmp_path):
     _touch_all(tmp_path, {**MARKET_FILES, "query": ["0010_c7s1_000200_01.jpg"]})
     with pytest.raises(DatasetLayoutError, match=r"camera 7, expected 1\.\.6"):

@@ -36,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 4,
         "pin_memory": True,
         "skip_corrupt": False,
+        # stop at the first file named against the dataset's convention (false: skip and count them)
+        "strict": True,
         "aug": {"flip_p": 0.5, "pad": 10, "random_erasing_p": 0.5, "color_jitter": False},
     },
     "model": {

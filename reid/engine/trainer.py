@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from reid.config import save_config
 from reid.data import ReIDDataset, build_dataset
+from reid.data.datasets.registry import NAME_PARSING_READERS
 from reid.data.loaders import build_train_loader
 from reid.engine.checkpointing import check_resume_config, load_checkpoint, save_checkpoint
 from reid.engine.distributed import (
@@ -92,10 +93,13 @@ def _to_float32(value: Any) -> Any:
 def load_dataset(cfg: dict[str, Any]) -> ReIDDataset:
     """The dataset named by ``cfg.data`` (the synthetic one is generated under data.root when missing).
 
-    ``data.synthetic``, ``data.custom`` and ``data.cuhk03`` hold the options of those readers."""
+    ``data.synthetic``, ``data.custom`` and ``data.cuhk03`` hold the options of those readers; ``data.strict``
+    goes to the readers that parse labels out of file names."""
     data_cfg = cfg["data"]
     reader_options = ("synthetic", "custom", "cuhk03")
     kwargs = dict(data_cfg.get(data_cfg["name"]) or {}) if data_cfg["name"] in reader_options else {}
+    if data_cfg["name"] in NAME_PARSING_READERS:
+        kwargs["strict"] = data_cfg.get("strict", True)
     return build_dataset(data_cfg["name"], data_cfg["root"], **kwargs)
 
 

@@ -140,6 +140,10 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
+# How to skip badly named files, from a config or the command line (data.strict) and from Python.
+SKIP_BAD_NAMES_HINT = "set data.strict=false, or strict=False in Python, to skip such files"
+
+
 class NameParser:
     """Reads (pid, camera number) out of file names with a regex; counts or rejects names that do not match.
 
@@ -167,7 +171,7 @@ class NameParser:
         if problem is None:
             return pid, camera - 1
         if self.strict:
-            raise DatasetLayoutError(f"File '{path}' {problem} (pass strict=False to skip such files)")
+            raise DatasetLayoutError(f"File '{path}' {problem} ({SKIP_BAD_NAMES_HINT})")
         self.skipped.append(str(path))
         return None
 

@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 
 from .base import (
+    SKIP_BAD_NAMES_HINT,
     DatasetLayoutError,
     ImageRecord,
     ReIDDataset,
@@ -66,7 +67,7 @@ def _read_folder(folder: Path, strict: bool) -> list[tuple[int, int, str]]:
         if problem is None:
             entries.append((int(match.group("pid")), int(match.group("shot")), str(path)))
         elif strict:
-            raise DatasetLayoutError(f"File '{path}' {problem} (pass strict=False to skip such files)")
+            raise DatasetLayoutError(f"File '{path}' {problem} ({SKIP_BAD_NAMES_HINT})")
         else:
             skipped.append(str(path))
     if skipped:

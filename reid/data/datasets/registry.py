@@ -25,6 +25,9 @@ DATASET_LOADERS: dict[str, Callable[..., ReIDDataset]] = {
     "synthetic": load_synthetic,
 }
 
+# Readers whose file names carry the labels: they take ``strict`` (stop at, or skip, a badly named file).
+NAME_PARSING_READERS = frozenset({"market1501", "dukemtmc", "cuhk03"})
+
 
 def build_dataset(name: str, root: str | os.PathLike, **kwargs) -> ReIDDataset:
     """Read dataset ``name`` from ``root``; ``kwargs`` go to that dataset's loader (e.g. ``strict=False``)."""
