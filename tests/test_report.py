@@ -165,18 +165,45 @@ def test_write_report_writes_all_files_and_nothing_else(tmp_path):
         assert image is not None and image.shape[0] > 100 and image.shape[1] > 100
 
 
-def test_a_rerun_killed_mid_report_does_not_look_complete(tmp_path, monkeypatch):
-    """results.json is the commit marker: a crash while the figures are saved leaves no results.json."""
+def test_a_rerun_killed_mid_report_leaves_the_previous_report_whole(tmp_path, monkeypatch):
+    """The report is written into a staging folder that replaces the old one whole: a crash while the
+    figures are saved leaves the earlier report byte for byte, and no staging folder survives the next run."""
     import reid.evaluation.report as report
 
     features = clustered_features()
     outcome = evaluate_features(features, EvaluationSettings(max_rank=15), device="cpu")
-    write_report(tmp_path / "report", outcome, features, worst_first=False, num_queries=2, topk=3)
+    folder = tmp_path / "report"
+    write_report(folder, outcome, features, worst_first=False, num_queries=2, topk=3)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
 
-    def crash(*args, **kwargs):
-        raise KeyboardInterrupt
+    calls = []
 
-    monkeypatch.setattr(report, "atomic_save_figure", crash)
+    def crash_on_second_figure(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_save(*args, **kwargs)
+
+    real_save = report.atomic_save_figure
+    monkeypatch.setattr(report, "atomic_save_figure", crash_on_second_figure)
     with pytest.raises(KeyboardInterrupt):
-        write_report(tmp_path / "report", outcome, features, worst_first=False, num_queries=2, topk=3)
-    assert not (tmp_path / "report" / "results.json").exists()
+        write_report(folder, outcome, features, worst_first=True, num_queries=3, topk=5)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["report"]
+
+    monkeypatch.setattr(report, "atomic_save_figure", real_save)
+    write_report(folder, outcome, features, worst_first=True, num_queries=3, topk=5)
+    after = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert sorted(after) == sorted(before) and after["ranked_list.png"] != before["ranked_list.png"]
+
+
+def test_a_report_never_replaces_a_folder_holding_other_files(tmp_path):
+    features = clustered_features()
+    outcome = evaluate_features(features, EvaluationSettings(max_rank=15), device="cpu")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"weights")
+    with pytest.raises(ValueError, match=r"'.*run' holds files this tool did not write \(best\.pt\)"):
+        write_report(run, outcome, features)
+    assert [p.name for p in run.iterdir()] == ["best.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

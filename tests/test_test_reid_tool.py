@@ -64,6 +64,18 @@ def test_feature_mode_with_rerank(tmp_path):
     assert "| + re-ranking (k1=8, k2=6" in (out / "results.md").read_text()
 
 
+def test_a_report_replaced_in_place_keeps_the_feature_file_it_was_read_from(tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    written = write_feature_file(out / "features.npz")
+    for _ in range(2):
+        assert load_tool().main(["--features", str(out / "features.npz"), "--output", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([*REPORT_FILES, "features.npz"])
+    kept = load_features(out / "features.npz")
+    np.testing.assert_array_equal(kept.gallery_features, written.gallery_features)
+    np.testing.assert_array_equal(kept.query_pids, written.query_pids)
+
+
 def test_command_line_entry_point(tmp_path):
     write_feature_file(tmp_path / "feats.npz", seed=1)
     command = [

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from reid.evaluation.features_file import FeatureSet, load_features, save_features
+from reid.evaluation.features_file import FeatureSet, load_features
 from reid.evaluation.rank import AP_MODES
 from reid.evaluation.report import (
     EvaluationSettings,
@@ -41,7 +41,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--features", type=Path, help=".npz feature file (query/gallery features and labels)")
     source.add_argument("--checkpoint", type=Path, help="model checkpoint to extract features with")
-    parser.add_argument("--output", type=Path, required=True, help="report folder (created if missing)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        help="report folder (created, or replaced whole when it holds an earlier report)",
+    )
     parser.add_argument("--metric", choices=("euclidean", "cosine"), default="euclidean")
     parser.add_argument("--max-rank", type=int, default=50, help="length of the CMC curve")
     parser.add_argument("--ap-mode", choices=AP_MODES, default="noninterpolated")
@@ -138,7 +143,6 @@ def run(args: argparse.Namespace) -> int:
         source: dict[str, Any] = {"features": str(args.features)}
     else:
         features, source = features_from_checkpoint(args)
-        save_features(args.output / "features.npz", features)
     settings = EvaluationSettings(
         metric=args.metric,
         max_rank=args.max_rank,
@@ -155,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
         worst_first=args.worst_first,
         num_queries=args.num_queries,
         topk=args.topk,
+        # the folder is replaced whole: keep a feature file that was read from it
+        include_features=args.features is None or args.features.resolve().parent == args.output.resolve(),
     )
     for line in describe(outcome):
         logger.info(line)

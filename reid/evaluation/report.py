@@ -1,8 +1,8 @@
 """Evaluate a feature set and write the report folder: results.json, results.md, cmc.png, ranked_list.png.
 
-Every figure and table is rendered in memory before the first file is written, and each file is written
-atomically, so no file is ever half-written. ``results.json`` is written last and is the report's commit
-marker: a rerun first removes it, so a folder holding results.json holds the other files of that same run.
+Every figure and table is rendered in memory before the first file is written; the files are written into a
+fresh temporary folder that then replaces the report folder whole, so a report folder always holds the files
+of one run, never a mix of two, and a killed run leaves the previous report as it was.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from reid.utils.io import atomic_save_figure, atomic_write_json, atomic_write_text
+from reid.utils.io import atomic_save_figure, atomic_write_json, atomic_write_text, staged_folder
 
 from .distance import compute_distance_matrix
-from .features_file import FeatureSet
+from .features_file import FeatureSet, save_features
 from .plots import plot_cmc, plot_ranked_list, select_queries
 from .rank import evaluate_rank
 from .rerank import re_ranking
@@ -27,6 +27,8 @@ from .rerank import re_ranking
 logger = logging.getLogger(__name__)
 
 REPORTED_RANKS = (1, 5, 10)
+# What a report folder may hold: an existing folder with anything else is not replaced.
+REPORT_FILES = frozenset({"results.json", "results.md", "cmc.png", "ranked_list.png", "features.npz"})
 
 
 @dataclass(frozen=True)
@@ -151,10 +153,13 @@ def write_report(
     worst_first: bool = False,
     num_queries: int = 10,
     topk: int = 10,
+    include_features: bool = False,
 ) -> dict[str, Path]:
-    """Render everything, then write results.json, results.md, cmc.png, ranked_list.png into ``output_dir``.
+    """Render everything, then write results.json, results.md, cmc.png, ranked_list.png (and features.npz
+    when ``include_features``) as the folder ``output_dir``, replacing an earlier report there whole.
 
-    The ranked list uses the final distances (re-ranked when re-ranking was run).
+    The ranked list uses the final distances (re-ranked when re-ranking was run). A folder holding files
+    other than a report's is refused (ValueError) rather than replaced.
     """
     settings = outcome.settings
     curves = {"plain": outcome.plain["cmc"]}
@@ -181,15 +186,16 @@ def write_report(
         "ranked_list.png": ranked_list,
     }
     folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = {name: folder / name for name in rendered}
-    paths["results.json"].unlink(missing_ok=True)  # an interrupted rerun must not look complete
-    atomic_write_text(paths["results.md"], rendered["results.md"])
-    for name in ("cmc.png", "ranked_list.png"):
-        atomic_save_figure(rendered[name], paths[name])
-    atomic_write_json(paths["results.json"], rendered["results.json"])
+    with staged_folder(folder, REPORT_FILES) as staging:
+        atomic_write_text(staging / "results.md", rendered["results.md"])
+        for name in ("cmc.png", "ranked_list.png"):
+            atomic_save_figure(rendered[name], staging / name)
+        atomic_write_json(staging / "results.json", rendered["results.json"])
+        if include_features:
+            save_features(staging / "features.npz", features)
     logger.info("report written to %s", folder)
-    return paths
+    names = [*rendered, "features.npz"] if include_features else list(rendered)
+    return {name: folder / name for name in names}
 
 
 def describe(outcome: EvaluationOutcome) -> Sequence[str]:

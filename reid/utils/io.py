@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,3 +92,42 @@ def atomic_save_figure(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any)
     fmt = Path(path).suffix.lstrip(".") or "png"
     with atomic_open(path, "wb") as handle:
         fig.savefig(handle, format=fmt, **savefig_kwargs)
+
+
+@contextlib.contextmanager
+def staged_folder(path: str | os.PathLike, replaceable: frozenset[str]) -> Iterator[Path]:
+    """Fill a fresh temporary sibling of folder ``path``, which replaces ``path`` whole if the block succeeds.
+
+    A reader therefore sees the old folder or the new one, never a mix. An existing ``path`` may only hold
+    files named in ``replaceable`` (what an earlier run of the same writer made): anything else is refused
+    with ValueError, so that pointing a report at, say, a training run cannot delete its checkpoints.
+    Staging folders left by a killed run are removed first.
+    """
+    target = Path(path)
+    if target.exists():
+        if not target.is_dir():
+            raise ValueError(f"'{target}' exists and is not a folder")
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in replaceable)
+        if foreign:
+            raise ValueError(
+                f"'{target}' holds files this tool did not write ({', '.join(foreign[:5])}); "
+                "choose an empty or new folder"
+            )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        os.chmod(staging, 0o777 & ~_UMASK)
+        yield staging
+        if target.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+            os.replace(target, retired / target.name)
+            os.replace(staging, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
