@@ -133,11 +133,12 @@ def test_calibrated_thresholds_are_written_into_the_checkpoint_and_used(tmp_path
     import shutil
 
     from reid.data import generate_synthetic_dataset
-    from reid.video.embedder import DEFAULT_MODEL_PATH, build_embedder
+    from reid.shipped import SHIPPED_CHECKPOINT
+    from reid.video.embedder import build_embedder
 
     root = generate_synthetic_dataset(tmp_path / "synthetic", num_train_ids=4, num_test_ids=8, num_cameras=2,
                                       images_per_id_per_camera=2, seed=3)  # fmt: skip
-    model = shutil.copy(DEFAULT_MODEL_PATH, tmp_path / "model.pt")
+    model = shutil.copy(SHIPPED_CHECKPOINT, tmp_path / "model.pt")
     before = build_embedder(model)
     argv = ["--dataset-root", str(root), "--checkpoint", str(model), "--write-thresholds",
             "--output", str(tmp_path / "calib")]  # fmt: skip

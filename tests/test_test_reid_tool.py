@@ -145,7 +145,7 @@ def test_checkpoint_mode_extracts_evaluates_and_saves_features(tmp_path):
 
 def test_checkpoint_mode_uses_the_configured_feature_and_custom_reader_options(tmp_path):
     from reid.data.datasets import build_dataset
-    from reid.engine.extract import extract_features
+    from reid.extraction import extract_features
 
     root = generate_synthetic_dataset(tmp_path / "data", num_train_ids=2, num_test_ids=4, num_cameras=2,
                                       images_per_id_per_camera=2, image_size=(64, 32), seed=0)  # fmt: skip

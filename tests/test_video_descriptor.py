@@ -6,7 +6,7 @@ import pytest
 
 from reid.gallery import CropEntry
 from reid.video.descriptor import FEATURE_DIM, describe_crops, foreground_weights
-from reid.video.embedder import CheckpointEmbedder, HandcraftedEmbedder, build_embedder
+from reid.video.embedder import HandcraftedEmbedder, ModelEmbedder, build_embedder
 from reid.video.evidence import TrackEvidence
 from reid.video.quality import crop_quality, occlusion_fractions
 from reid.video.separability import (
@@ -63,7 +63,7 @@ def test_embedders():
     assert isinstance(emb, HandcraftedEmbedder) and emb.feature_dim == FEATURE_DIM
     assert emb([person(10, 20)]).shape == (1, FEATURE_DIM)
     shipped = build_embedder()  # the trained model in assets/, with its calibrated video gates
-    assert isinstance(shipped, CheckpointEmbedder) and shipped.appearance is not None
+    assert isinstance(shipped, ModelEmbedder) and shipped.appearance is not None
     features = shipped([person(10, 20), person(200, 20)])
     assert features.shape == (2, shipped.feature_dim) and np.isfinite(features).all()
     with pytest.raises(Exception, match="nope"):

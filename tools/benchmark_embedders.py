@@ -32,6 +32,7 @@ from reid.data.datasets import build_dataset
 from reid.data.image_io import read_image
 from reid.evaluation.distance import compute_distance_matrix
 from reid.evaluation.rank import evaluate_rank
+from reid.extraction import FeatureExtractor
 from reid.models import build_model
 from reid.models.checkpoint import read_checkpoint
 from reid.utils.io import atomic_write_json
@@ -49,13 +50,15 @@ def imagenet_embedder(weights: str, like: str) -> Embedder:
     model = build_model(model_cfg, num_classes=1)
     model.set_retrieval_feat("before_bn")  # the pooled trunk feature: the untrained BNNeck is not part of it
     data = config["data"]
-    return ModelEmbedder(
+    extractor = FeatureExtractor.from_module(
         model,
         input_size=(int(data["height"]), int(data["width"])),
         mean=data["pixel_mean"],
         std=data["pixel_std"],
         model_name=f"{model_cfg['backbone']}-imagenet",
+        normalize=False,
     )
+    return ModelEmbedder(extractor)
 
 
 def embed(embedder: Embedder, paths: list[str], batch_size: int, desc: str) -> tuple[np.ndarray, float]:

@@ -35,6 +35,7 @@ from reid.gallery import GalleryError, GalleryStore, calibrate_threshold
 from reid.gallery.calibration import labelled_pair_distances, plot_distance_histograms
 from reid.gallery.metric import METRICS
 from reid.models.checkpoint import read_checkpoint
+from reid.shipped import SHIPPED_CHECKPOINT, SHIPPED_ONNX
 from reid.utils.io import atomic_torch_save, atomic_write_json
 from reid.video.embedder import (
     HANDCRAFTED,
@@ -99,6 +100,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--store needs --gallery")
     if args.write_thresholds and (not args.dataset_root or args.embedder == HANDCRAFTED):
         parser.error("--write-thresholds needs --dataset-root and a --checkpoint file to write into")
+    if args.write_thresholds and str(args.checkpoint).lower().endswith(".onnx"):
+        parser.error("--write-thresholds writes into a .pt checkpoint: calibrate that one, then re-export it "
+                     "with tools/export_onnx.py")  # fmt: skip
     if args.store and args.features and not args.model_name:
         parser.error("--features --store needs --model-name (the model that wrote the features) to check it "
                      "against the gallery's")  # fmt: skip
@@ -199,8 +203,12 @@ def main(argv: list[str] | None = None) -> int:
             {"model_name": model_name, "dataset": args.dataset, **dataclasses.asdict(thresholds)},
         )
         if args.write_thresholds:
-            write_thresholds(embedder_path(args.checkpoint), thresholds)
-            print(f"wrote them into {embedder_path(args.checkpoint)}")
+            target = embedder_path(args.checkpoint)
+            write_thresholds(target, thresholds)
+            print(f"wrote them into {target}")
+            if target == SHIPPED_CHECKPOINT:
+                print(f"the ONNX copy the video tools run keeps the old ones until re-exported: python "
+                      f"tools/export_onnx.py {target} --out {SHIPPED_ONNX}")  # fmt: skip
     print(f"wrote {output / 'threshold.json'} and {output / 'distance_histogram.png'}")
     if args.store:
         with GalleryStore.open(

@@ -79,9 +79,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def features_from_checkpoint(args: argparse.Namespace) -> tuple[FeatureSet, dict[str, Any]]:
     """Load the retrieval model and extract query/gallery features of the configured dataset."""
-    from reid.engine.extract import extract_features
     from reid.engine.trainer import load_dataset
     from reid.evaluation.distance import resolve_device
+    from reid.extraction import extract_features
     from reid.models import load_retrieval_model
 
     if not args.checkpoint.is_file():

@@ -4,12 +4,12 @@ DistributedDataParallel plumbing, metrics logging and seeding."""
 from reid.engine.checkpointing import ResumeConfigError, config_differences, load_checkpoint, save_checkpoint
 from reid.engine.distributed import DistContext, init_distributed
 from reid.engine.evaluate import evaluate_model, train_identity_split
-from reid.engine.extract import extract_features
 from reid.engine.launch import compose_config, evaluate_checkpoint, train
 from reid.engine.metrics_log import MetricsLog, read_metrics
 from reid.engine.optim import WarmupLRSchedule, build_loss_optimizer, build_optimizer
 from reid.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
 from reid.engine.trainer import Trainer
+from reid.extraction import extract_features
 
 __all__ = [
     "DistContext",

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from reid.data import ImageRecord
-from reid.engine.extract import extract_features
 from reid.evaluation.features_file import FeatureSet
 from reid.evaluation.report import EvaluationSettings, RerankSettings, evaluate_features
+from reid.extraction import extract_features
 
 logger = logging.getLogger(__name__)
 
