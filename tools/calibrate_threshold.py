@@ -26,7 +26,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from reid.data.image_io import read_image
@@ -109,17 +108,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def parse_options(items: list[str]) -> dict:
-    """KEY=VALUE strings -> reader keyword arguments (values parsed as YAML scalars: 100, true, both)."""
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--dataset-option must be KEY=VALUE, got {item!r}")
-        options[key] = yaml.safe_load(value)
-    return options
-
-
 def write_thresholds(checkpoint: str, thresholds: AppearanceThresholds) -> None:
     """Rewrite ``checkpoint`` with ``appearance_thresholds`` added (weights untouched, so its model name)."""
     ckpt = read_checkpoint(checkpoint)
@@ -137,8 +125,9 @@ def load_feature_file(path: str) -> tuple[LabelledSet, LabelledSet]:
 def embed_dataset(args: argparse.Namespace, embedder) -> tuple[LabelledSet, LabelledSet]:
     """Embed a random subset (at most --max-images per split) of a dataset's query and gallery images."""
     from reid.data.datasets import build_dataset
+    from reid.data.datasets.registry import parse_reader_options
 
-    dataset = build_dataset(args.dataset, args.dataset_root, **parse_options(args.dataset_option))
+    dataset = build_dataset(args.dataset, args.dataset_root, **parse_reader_options(args.dataset_option))
     rng = np.random.default_rng(args.seed)
     sets = []
     for split_name, records in (("query", dataset.query), ("gallery", dataset.gallery)):
