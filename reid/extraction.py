@@ -29,6 +29,7 @@ from tqdm import tqdm
 from reid.data import ImageRecord
 from reid.data.image_io import read_image
 from reid.data.transforms import ImageTransform, build_transforms
+from reid.evaluation.distance import l2_normalize
 from reid.shipped import DEFAULT_MODEL, SHIPPED_CHECKPOINT, SHIPPED_ONNX
 
 logger = logging.getLogger(__name__)
@@ -253,7 +254,7 @@ class FeatureExtractor:
             features = (features + self._forward(np.ascontiguousarray(batch[..., ::-1]))) / 2
         features = np.asarray(features, dtype=np.float32)
         if self.normalize:
-            features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+            features = l2_normalize(features)
         return features
 
 

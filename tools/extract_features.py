@@ -69,8 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def labelled_splits(args: argparse.Namespace) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
     """Paths, pids and camids of the query and the gallery."""
     from reid.data.datasets import build_dataset
-    from reid.data.datasets.base import DatasetLayoutError, describe_folder, list_images
     from reid.data.datasets.registry import labels_from_names, parse_reader_options
+    from reid.extraction import collect_images
 
     if args.dataset is not None:
         dataset = build_dataset(args.dataset, args.root, **parse_reader_options(args.dataset_option))
@@ -86,9 +86,7 @@ def labelled_splits(args: argparse.Namespace) -> dict[str, tuple[list[str], np.n
     for split, folder in (("query", args.query), ("gallery", args.gallery)):
         if not folder.is_dir():
             raise FileNotFoundError(f"--{split} {folder}: not a folder")
-        paths = [str(p) for p in list_images(folder)]
-        if not paths:
-            raise DatasetLayoutError(f"--{split} {folder} holds no images ({describe_folder(folder)})")
+        paths = [str(p) for p in collect_images(folder)]  # as FeatureExtractor reads a folder
         pids, camids, convention = labels_from_names(paths)
         if convention is None:
             print(

@@ -13,6 +13,11 @@ from .validation import EvaluationInputError, check_features
 METRICS = ("euclidean", "cosine")
 
 
+def l2_normalize(features: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (all-zero rows stay zero): the cosine geometry as plain vectors."""
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` means the GPU when one is present, so evaluation is fast by default and still runs on CPU."""
     if device is None:

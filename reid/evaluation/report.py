@@ -18,7 +18,7 @@ import numpy as np
 
 from reid.utils.io import atomic_save_figure, atomic_write_json, atomic_write_text, staged_folder
 
-from .distance import compute_distance_matrix
+from .distance import compute_distance_matrix, l2_normalize
 from .features_file import FeatureSet, save_features
 from .plots import plot_cmc, plot_ranked_list, select_queries
 from .rank import evaluate_rank
@@ -84,9 +84,7 @@ def evaluate_features(
     if settings.metric == "cosine":
         # Re-ranking works on squared Euclidean distances; on unit vectors those are 2 - 2 cos, so both
         # report rows then rank by the same geometry.
-        query, gallery = (
-            f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12) for f in (query, gallery)
-        )
+        query, gallery = l2_normalize(query), l2_normalize(gallery)
     reranked_distmat = re_ranking(query, gallery, **asdict(settings.rerank), device=device)
     reranked = evaluate_rank(reranked_distmat, *labels, **options)
     return EvaluationOutcome(settings, plain, distmat, reranked, reranked_distmat)

@@ -167,7 +167,8 @@ def load_retrieval_model(
 
     Returns ``(model, info)``; info: ``input_size`` (h, w), ``mean``, ``std``, ``feature_dim``, ``config``,
     ``model_name`` (e.g. ``resnet50-gdfl-<weights hash>``), ``num_classes``, ``epoch``,
-    ``appearance_thresholds`` (the video gates calibrated for this model, a dict, or None).
+    ``appearance_thresholds`` (the video gates calibrated for this model, a dict, or None),
+    ``weights_sha256`` (the stored checksum of the weights, None for files written before it existed).
     """
     ckpt = read_checkpoint(checkpoint_path)
     config = ckpt["config"]
@@ -200,6 +201,7 @@ def load_retrieval_model(
         "num_classes": num_classes,
         "epoch": ckpt.get("epoch"),
         "appearance_thresholds": ckpt.get("appearance_thresholds"),
+        "weights_sha256": ckpt.get(CHECKSUM_KEY),
     }
     logger.info("loaded retrieval model %s from %s", info["model_name"], checkpoint_path)
     return model, info

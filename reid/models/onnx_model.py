@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from reid.models.checkpoint import CHECKSUM_KEY, CheckpointError, load_retrieval_model, read_checkpoint
+from reid.evaluation.distance import l2_normalize
+from reid.models.checkpoint import CheckpointError, load_retrieval_model
 from reid.utils.io import atomic_open
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ def export_onnx(
     example = torch.zeros(2, 3, height, width)
     metadata = {key: info[key] for key in _INFO_KEYS}
     metadata["input_size"] = list(metadata["input_size"])
-    metadata["source_weights_sha256"] = read_checkpoint(checkpoint).get(CHECKSUM_KEY)
+    metadata["source_weights_sha256"] = info["weights_sha256"]
     metadata["opset"] = int(opset)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notices; the result is checked below
@@ -131,8 +132,6 @@ class OnnxRetrievalModel:
                 f"ONNX model {path}: its '{METADATA_KEY}' metadata is damaged ({err})"
             ) from err
         self.info["input_size"] = tuple(int(v) for v in self.info["input_size"])
-        self.path = path
-        self.feature_dim = int(self.info["feature_dim"])
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(images, dtype=np.float32)
@@ -151,12 +150,8 @@ def parity_report(
     with torch.inference_mode():
         reference = model.float()(torch.from_numpy(images)).numpy()
     exported = np.concatenate([onnx_model(images[:1]), onnx_model(images[1:])])
-
-    def unit(x: np.ndarray) -> np.ndarray:
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
     return {
-        "max_abs_diff_normalised": float(np.abs(unit(exported) - unit(reference)).max()),
+        "max_abs_diff_normalised": float(np.abs(l2_normalize(exported) - l2_normalize(reference)).max()),
         "max_abs_diff_raw": float(np.abs(exported - reference).max()),
         "num_images": int(num_images),
     }

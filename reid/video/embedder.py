@@ -51,7 +51,7 @@ class HandcraftedEmbedder:
 
 
 class ModelEmbedder:
-    """A trained re-ID model on BGR crops, through :class:`reid.engine.extract.FeatureExtractor` (the
+    """A trained re-ID model on BGR crops, through :class:`reid.extraction.FeatureExtractor` (the
     evaluation preprocessing; ONNX Runtime for an ``.onnx`` file and for the shipped model on a CPU).
 
     ``appearance`` is None when the model carries no calibrated thresholds (write them with

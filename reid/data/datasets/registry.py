@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .base import ReIDDataset
+from .base import NameParser, ReIDDataset
 from .cuhk03 import CUHK03_NAME, SHOTS_PER_CAMERA, load_cuhk03
 from .custom import load_custom
 from .dukemtmc import DUKE_NAME_PATTERN, load_dukemtmc
@@ -43,43 +42,33 @@ def build_dataset(name: str, root: str | os.PathLike, **kwargs) -> ReIDDataset:
     return dataset
 
 
-def _named_label_parser(pattern: str, num_cameras: int) -> Callable[[str], tuple[int, int] | None]:
-    regex = re.compile(pattern)
-
-    def parse(name: str) -> tuple[int, int] | None:
-        match = regex.fullmatch(name)
-        if match is None or not 1 <= int(match.group("camera")) <= num_cameras:
-            return None
-        return int(match.group("pid")), int(match.group("camera")) - 1
-
-    return parse
-
-
-def _cuhk03_labels(name: str) -> tuple[int, int] | None:
-    match = CUHK03_NAME.fullmatch(name)
+def _cuhk03_labels(path: Path) -> tuple[int, int] | None:
+    match = CUHK03_NAME.fullmatch(path.name)
     if match is None or int(match.group("shot")) >= 2 * SHOTS_PER_CAMERA:
         return None
     return int(match.group("pid")), int(match.group("shot")) // SHOTS_PER_CAMERA
 
 
-# File-name conventions that carry (pid, camera id): what a reader of that dataset would assign.
-NAME_CONVENTIONS: dict[str, Callable[[str], tuple[int, int] | None]] = {
-    "market1501": _named_label_parser(MARKET_NAME_PATTERN, num_cameras=6),
-    "dukemtmc": _named_label_parser(DUKE_NAME_PATTERN, num_cameras=8),
-    "cuhk03": _cuhk03_labels,
-}
+def name_conventions() -> dict[str, Callable[[Path], tuple[int, int] | None]]:
+    """File-name conventions that carry (pid, camera id), each parsed as that dataset's reader would (fresh
+    non-strict NameParsers: a mismatch is None)."""
+    return {
+        "market1501": NameParser(MARKET_NAME_PATTERN, "Market-1501", num_cameras=6, strict=False).parse,
+        "dukemtmc": NameParser(DUKE_NAME_PATTERN, "DukeMTMC-reID", num_cameras=8, strict=False).parse,
+        "cuhk03": _cuhk03_labels,
+    }
 
 
 def labels_from_names(paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, np.ndarray, str | None]:
     """(pids, camids, convention) of images named after a known dataset's convention (the first one that
     every name follows), else -1 labels and None. Raw pids are kept (no relabelling), as in query/gallery."""
-    names = [Path(p).name for p in paths]
-    for convention, parse in NAME_CONVENTIONS.items():
-        labels = [parse(name) for name in names]
-        if names and all(label is not None for label in labels):
+    files = [Path(p) for p in paths]
+    for convention, parse in name_conventions().items():
+        labels = [parse(file) for file in files]
+        if files and all(label is not None for label in labels):
             pids, camids = zip(*labels, strict=True)
             return np.asarray(pids, dtype=np.int64), np.asarray(camids, dtype=np.int64), convention
-    unknown = np.full(len(names), -1, dtype=np.int64)
+    unknown = np.full(len(files), -1, dtype=np.int64)
     return unknown, unknown.copy(), None
 
 
