@@ -54,12 +54,12 @@ def test_table_holds_mean_and_sample_std_per_row(finished_ablation):
     assert sorted(table) == ["A", "C"]
     for row in ("A", "C"):
         runs = [json.loads((out / row / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
-        for metric in ("rank1", "mAP", "train_rank1", "train_mAP"):
+        for metric in ("rank1", "mAP", "mINP", "seen_ids_rank1", "seen_ids_mAP"):
             mean, std = _hand_mean_std([100 * r[metric] for r in runs])
             assert table[row][f"{metric}_mean"] == pytest.approx(mean)
             assert table[row][f"{metric}_std"] == pytest.approx(std)
         assert table[row]["seeds"] == 2
-        gap = table[row]["train_rank1_mean"] - table[row]["rank1_mean"]
+        gap = table[row]["seen_ids_rank1_mean"] - table[row]["rank1_mean"]
         assert table[row]["gap_rank1"] == pytest.approx(gap)
     with (out / "summary.csv").open() as handle:
         csv_rows = {r["row"]: r for r in csv.DictReader(handle)}

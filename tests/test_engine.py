@@ -28,7 +28,7 @@ from reid.engine import (
     restore_rng_state,
     save_checkpoint,
     seed_everything,
-    train_identity_split,
+    seen_identity_split,
 )
 from reid.engine.checkpointing import check_resume_config
 from reid.engine.metrics_log import MetricsLog
@@ -234,24 +234,28 @@ def test_extract_features_matches_hand_preprocessing_and_flip_average(tmp_path):
     assert not np.allclose(plain, before_bn)
 
 
-def test_train_identity_split_gives_every_query_a_cross_camera_match():
+def test_seen_identity_split_gives_every_query_a_cross_camera_match_in_its_gallery():
+    # Most identities have many images in one camera and a single one in another: truncating a shuffled
+    # gallery would often drop that single cross-camera image and leave the query without a valid match.
     rng = np.random.default_rng(1)
-    records = [
-        ImageRecord(f"/x/{pid}_{i}.jpg", pid, int(rng.integers(0, 3))) for pid in range(30) for i in range(6)
-    ]
+    records = []
+    for pid in range(30):
+        main_camera = int(rng.integers(0, 3))
+        records += [ImageRecord(f"/x/{pid}_{i}.jpg", pid, main_camera) for i in range(12)]
+        records.append(ImageRecord(f"/x/{pid}_other.jpg", pid, (main_camera + 1) % 3))
     records += [ImageRecord(f"/x/single_cam_{i}.jpg", 99, 0) for i in range(4)]
-    query, gallery = train_identity_split(records, max_ids=20, max_images_per_id=3, seed=5)
-    assert len(query) == len({r.pid for r in query}) == 20
-    assert 99 not in {r.pid for r in query}
-    by_pid = defaultdict(list)
-    for record in gallery:
-        by_pid[record.pid].append(record)
-    for probe in query:
-        assert probe not in by_pid[probe.pid]
-        assert len(by_pid[probe.pid]) <= 3
-        cameras = {r.camid for r in records if r.pid == probe.pid and r != probe}
-        assert cameras - {probe.camid}
-    assert train_identity_split(records, max_ids=20, max_images_per_id=3, seed=5) == (query, gallery)
+    for seed in range(10):
+        query, gallery = seen_identity_split(records, max_ids=20, max_images_per_id=3, seed=seed)
+        assert len(query) == len({r.pid for r in query}) == 20
+        assert 99 not in {r.pid for r in query}
+        by_pid = defaultdict(list)
+        for record in gallery:
+            by_pid[record.pid].append(record)
+        for probe in query:
+            assert probe not in by_pid[probe.pid]
+            assert len(by_pid[probe.pid]) <= 3
+            assert {r.camid for r in by_pid[probe.pid]} - {probe.camid}, (seed, probe)
+        assert seen_identity_split(records, max_ids=20, max_images_per_id=3, seed=seed) == (query, gallery)
 
 
 # ---- exact resume of a real (tiny) training run ----------------------------------------------------------
@@ -312,7 +316,7 @@ def test_resume_after_an_epoch_is_bit_identical(resumed_runs):
     assert full_state["global_step"] == resumed_state["global_step"] == 3
     for key, tensor in full_state["model"].items():
         assert torch.equal(tensor, resumed_state["model"][key]), key
-    for key in ("mAP", "rank1", "train_mAP"):
+    for key in ("mAP", "rank1", "seen_ids_mAP"):
         assert resumed[key] == full[key]
     full_log = read_metrics(tmp / "full" / "metrics.jsonl")
     part_log = read_metrics(tmp / "part" / "metrics.jsonl")

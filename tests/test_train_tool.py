@@ -68,7 +68,7 @@ def test_run_folder_holds_the_contracted_files(finished_run):
     for name in ("config.yaml", "train.log", "metrics.jsonl", "last.pt", "best.pt", "results.json"):
         assert (run_dir / name).is_file(), name
     results = json.loads((run_dir / "results.json").read_text())
-    for key in ("mAP", "rank1", "rank5", "rank10", "mINP", "train_mAP", "train_rank1", "elapsed_s"):
+    for key in ("mAP", "rank1", "rank5", "rank10", "mINP", "seen_ids_mAP", "seen_ids_rank1", "elapsed_s"):
         assert 0.0 <= results[key] <= (1.0 if key != "elapsed_s" else 1e6), key
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     # composed left to right: synthetic.yml, then row D, then the overrides
@@ -101,7 +101,7 @@ def test_eval_only_reproduces_the_final_evaluation(finished_run):
     assert train_reid.main(argv) == 0
     trained = json.loads((run_dir / "results.json").read_text())
     evaluated = json.loads((eval_dir / "results.json").read_text())
-    for key in ("mAP", "rank1", "mINP", "train_mAP"):
+    for key in ("mAP", "rank1", "mINP", "seen_ids_mAP"):
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
     assert "rerank_mAP" not in evaluated
     reranked_dir = tmp / "eval_rerank"

@@ -11,8 +11,8 @@ sequentially to ``<output>/<row>/seed<seed>``; a run that already has results.js
 only last.pt is resumed), so an interrupted ablation continues where it stopped.
 
 The table (``summary.md``, ``summary.csv``, ``summary.json``, written atomically) gives per row the mean and
-sample standard deviation over seeds of Rank-1 and mAP on the unseen test identities and of the
-train-identity Rank-1/mAP, whose gap to the test figures measures over-fitting.
+sample standard deviation over seeds of Rank-1, mAP and mINP on the unseen test identities and of the
+seen-identity Rank-1/mAP (training images), whose gap to the unseen figures measures over-fitting.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from reid.utils.io import atomic_write_json, atomic_write_text
 logger = logging.getLogger("ablate")
 
 ROWS_DIR = Path(__file__).resolve().parent.parent / "configs" / "ablation"
-METRICS = ("rank1", "mAP", "train_rank1", "train_mAP")
+METRICS = ("rank1", "mAP", "mINP", "seen_ids_rank1", "seen_ids_mAP")
 
 
 def resolve_row(row: str) -> tuple[str, Path]:
@@ -98,15 +98,16 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
         for metric in METRICS:
             mean, std = _mean_std([100 * r[metric] if r[metric] is not None else None for r in runs])
             row[f"{metric}_mean"], row[f"{metric}_std"] = mean, std
-        row["gap_rank1"] = row["train_rank1_mean"] - row["rank1_mean"]
+        row["gap_rank1"] = row["seen_ids_rank1_mean"] - row["rank1_mean"]
         table.append(row)
     return table
 
 
 def to_markdown(table: list[dict[str, Any]]) -> str:
     header = (
-        "| row | seeds | Rank-1 (test) | mAP (test) | Rank-1 (train ids) | mAP (train ids) | Rank-1 gap |\n"
-        "|---|---|---|---|---|---|---|\n"
+        "| row | seeds | Rank-1 (unseen ids) | mAP (unseen ids) | mINP (unseen ids) | Rank-1 (seen ids) "
+        "| mAP (seen ids) | Rank-1 gap |\n"
+        "|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for row in table:
@@ -115,7 +116,8 @@ def to_markdown(table: list[dict[str, Any]]) -> str:
             f"| {row['row']} | {row['seeds']} | " + " | ".join(cells) + f" | {row['gap_rank1']:.1f} |"
         )
     note = (
-        "\nValues in %, mean ± sample standard deviation over seeds; gap = train-id Rank-1 - test Rank-1.\n"
+        "\nValues in %, mean ± sample standard deviation over seeds. Seen ids: training images of training "
+        "identities; gap = seen-id Rank-1 - unseen-id Rank-1.\n"
     )
     return header + "\n".join(lines) + "\n" + note
 

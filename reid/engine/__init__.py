@@ -3,7 +3,7 @@ DistributedDataParallel plumbing, metrics logging and seeding."""
 
 from reid.engine.checkpointing import ResumeConfigError, config_differences, load_checkpoint, save_checkpoint
 from reid.engine.distributed import DistContext, init_distributed
-from reid.engine.evaluate import evaluate_model, train_identity_split
+from reid.engine.evaluate import evaluate_model, seen_identity_split
 from reid.engine.launch import compose_config, evaluate_checkpoint, train
 from reid.engine.metrics_log import MetricsLog, read_metrics
 from reid.engine.optim import WarmupLRSchedule, build_loss_optimizer, build_optimizer
@@ -32,5 +32,5 @@ __all__ = [
     "save_checkpoint",
     "seed_everything",
     "train",
-    "train_identity_split",
+    "seen_identity_split",
 ]
