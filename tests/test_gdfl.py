@@ -126,3 +126,28 @@ def test_unknown_tap_is_a_clear_error():
         build_model(
             {"backbone": "resnet18", "pretrained": "none", "gdfl": {"enabled": True, "taps": ["layer5"]}}, 3
         )
+
+
+def test_fuse_init_global_starts_as_the_baseline_feature_and_the_taps_then_learn():
+    torch.manual_seed(0)
+    cfg = {
+        "backbone": "resnet18",
+        "pretrained": "none",
+        "gdfl": {
+            "enabled": True,
+            "taps": ["layer3", "layer4"],
+            "include_global": True,
+            "fuse_init": "global",
+        },
+    }
+    model = build_model(cfg, 4).train()
+    out = model(torch.randn(4, 3, 64, 32))
+    torch.testing.assert_close(out["feat"], out["global_feat"], rtol=0, atol=0)  # f = g exactly at step 0
+    out["logits"].logsumexp(1).sum().backward()
+    head = model.gdfl
+    tap_columns = head.fuse.weight.grad[:, : head.h_dim - model.backbone.out_channels]
+    assert tap_columns.abs().sum() > 0  # the fusion's weights on the tapped features receive gradient
+    with pytest.raises(ValueError, match="fuse_init=global needs model.gdfl.include_global=true"):
+        build_model({**cfg, "gdfl": {**cfg["gdfl"], "include_global": False}}, 4)
+    with pytest.raises(ValueError, match="fuse_dim equal to the backbone's width"):
+        build_model({**cfg, "gdfl": {**cfg["gdfl"], "fuse_dim": 64}}, 4)

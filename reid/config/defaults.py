@@ -51,6 +51,9 @@ DEFAULTS: dict[str, Any] = {
             "taps": ["layer2", "layer3", "layer4"],
             "attention": {"enabled": True, "compat": "additive", "shared": True},
             "include_global": False,
+            # "global": the fusion starts as the identity on g (needs include_global), so training starts from
+            # the baseline's feature instead of a random projection of an ImageNet trunk
+            "fuse_init": "default",
             "proj_dim": None,
             "fuse_dim": None,
         },
@@ -113,6 +116,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.custom.camera_mode": ("auto", "per_split"),
     "model.backbone": ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv2"),
     "model.gdfl.attention.compat": ("additive", "dot"),
+    "model.gdfl.fuse_init": ("default", "global"),
     "model.adversary.attach": ("gdfl", "embedding", "global", "taps"),
     "model.adversary.mode": ("grl", "confusion"),
     "solver.optimizer": ("adam", "sgd"),

@@ -12,6 +12,7 @@ Compatibilities (Jetley et al., "Learn To Pay Attention", ICLR 2018):
 * ``dot``: s(i) = <L(i), g> / sqrt(D); here global context steers the attention.
 
 ``attention.enabled = false`` uses uniform weights (plain GAP per tap): the no-attention control.
+``fuse_init = "global"`` (with ``include_global``) starts the fusion as f = g, the baseline's feature.
 
 Extra parameters for ResNet-50, taps layer2/3/4, proj_dim = fuse_dim = 2048: projections 1.05 M (layer2) +
 2.10 M (layer3), shared additive attention 2 k, fuse Linear(6144 -> 2048) 12.6 M: about 15.7 M in total.
@@ -74,6 +75,7 @@ class GDFLHead(nn.Module):
         compat: str = "additive",
         shared: bool = True,
         include_global: bool = False,
+        fuse_init: str = "default",
     ) -> None:
         super().__init__()
         self.proj_dim = proj_dim or global_dim
@@ -97,6 +99,23 @@ class GDFLHead(nn.Module):
             self.attention = nn.ModuleList(AttentionPooling(self.proj_dim, compat) for _ in tap_channels)
         self.h_dim = self.proj_dim * len(tap_channels) + (global_dim if include_global else 0)
         self.fuse = nn.Linear(self.h_dim, self.fuse_dim)
+        if fuse_init == "global":
+            self._start_from_global(global_dim)
+
+    @torch.no_grad()
+    def _start_from_global(self, global_dim: int) -> None:
+        """f = g at initialisation: the fusion is the identity on g (the last ``global_dim`` inputs of h) and
+        zero on the tapped features, so training starts from the baseline's (ImageNet) feature and the taps
+        enter as the fusion learns to use them. Why: a random fusion of an ImageNet trunk's features discards
+        what the pretrained trunk knows, which a short schedule on a small dataset does not win back."""
+        if not self.include_global or self.fuse_dim != global_dim:
+            raise ValueError(
+                "model.gdfl.fuse_init=global needs include_global=true and fuse_dim equal to the backbone's "
+                f"width ({global_dim}), got include_global={self.include_global}, fuse_dim={self.fuse_dim}"
+            )
+        self.fuse.weight.zero_()
+        self.fuse.weight[:, -global_dim:] = torch.eye(global_dim)
+        self.fuse.bias.zero_()
 
     def forward(
         self, taps: Sequence[torch.Tensor], global_feat: torch.Tensor

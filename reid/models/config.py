@@ -18,6 +18,7 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv2")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 COMPATS = ("additive", "dot")
 ATTACH_POINTS = ("gdfl", "embedding", "global", "taps")
+FUSE_INITS = ("default", "global")
 ADVERSARY_MODES = ("grl", "confusion")
 
 
@@ -74,10 +75,14 @@ class GDFLConfig:
     taps: tuple[str, ...] = ("layer2", "layer3", "layer4")
     attention: AttentionConfig = dataclasses.field(default_factory=AttentionConfig)
     include_global: bool = False
+    fuse_init: str = "default"
     proj_dim: int | None = None
     fuse_dim: int | None = None
 
     def __post_init__(self) -> None:
+        require_choice(self.fuse_init, FUSE_INITS, "model.gdfl.fuse_init")
+        if self.fuse_init == "global" and not self.include_global:
+            raise ValueError("model.gdfl.fuse_init=global needs model.gdfl.include_global=true")
         if isinstance(self.taps, str) or not self.taps:
             raise ValueError(f"model.gdfl.taps must be a non-empty list of stage names, got {self.taps!r}")
         if len(set(self.taps)) != len(self.taps):

@@ -71,6 +71,7 @@ class ReIDModel(nn.Module):
                 compat=att.compat,
                 shared=att.shared,
                 include_global=cfg.gdfl.include_global,
+                fuse_init=cfg.gdfl.fuse_init,
             )
         self.feature_dim = self.gdfl.fuse_dim if self.gdfl is not None else global_dim
         self.bnneck = BNNeck(self.feature_dim)
