@@ -76,9 +76,15 @@ def test_shared_versus_per_tap_attention_and_dims():
     assert len(shared.attention) == 1 and len(per_tap.attention) == 3
     assert shared.h_dim == 3 * 6 + 6 and shared.fuse.out_features == 5
     assert per_tap.h_dim == 9 and per_tap.fuse.out_features == 6
-    # proj_dim != global width: g is projected for the scores, every tap (even width 6) is projected.
-    assert isinstance(per_tap.global_projection, torch.nn.Linear)
+    # proj_dim != global width: every tap (even width 6) is projected; g is projected for dot scores only,
+    # since it cancels in additive ones (a projection there would never train).
     assert all(isinstance(p, torch.nn.Conv2d) for p in per_tap.projections)
+    assert isinstance(per_tap.global_projection, torch.nn.Identity) and not per_tap.uses_global_in_scores
+    dot = GDFLHead([4, 8, 6], 6, compat="dot", proj_dim=3)
+    assert isinstance(dot.global_projection, torch.nn.Linear)
+    f, *_ = dot([torch.randn(2, c, 3, 2) for c in (4, 8, 6)], torch.randn(2, 6))
+    f.sum().backward()
+    assert dot.global_projection.weight.grad.abs().max() > 1e-4  # it steers the scores, so it learns
 
 
 def test_resnet50_shapes_at_256x128():

@@ -8,7 +8,8 @@ outputs is the re-ID feature the BNNeck receives (it replaces the baseline's GAP
 Compatibilities (Jetley et al., "Learn To Pay Attention", ICLR 2018):
 
 * ``additive``: s(i) = w^T (L(i) + g). With a linear scorer the w^T g term is the same at every position
-  and cancels in the softmax, so the weights do not depend on g (kept for faithfulness; tested).
+  and cancels in the softmax, so the weights do not depend on g: s(i) = w^T L(i) is computed, and no
+  projection of g is built (tested against the formula with g).
 * ``dot``: s(i) = <L(i), g> / sqrt(D); here global context steers the attention.
 
 ``attention.enabled = false`` uses uniform weights (plain GAP per tap): the no-attention control.
@@ -41,14 +42,20 @@ class AttentionPooling(nn.Module):
         self.dim = dim
         self.score = nn.Conv2d(dim, 1, kernel_size=1, bias=False) if compat == "additive" else None
 
-    def forward(self, local: torch.Tensor, global_feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (pooled B x D, attention weights B x H x W that are >= 0 and sum to 1 per image)."""
+    def forward(
+        self, local: torch.Tensor, global_feat: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (pooled B x D, attention weights B x H x W that are >= 0 and sum to 1 per image).
+        ``global_feat`` (B x D) is needed by ``dot`` only."""
         b, d, h, w = local.shape
-        g = global_feat.view(b, d, 1, 1)
         if self.score is not None:
-            scores = self.score(local + g)
+            # w^T (L(i) + g) = w^T L(i) + w^T g, and the second term, equal at every position, cancels in the
+            # softmax: adding g would only allocate a B x D x H x W tensor.
+            scores = self.score(local)
+        elif global_feat is None:
+            raise ValueError("dot attention needs the global feature g")
         else:
-            scores = (local * g).sum(dim=1, keepdim=True) / math.sqrt(d)
+            scores = (local * global_feat.view(b, d, 1, 1)).sum(dim=1, keepdim=True) / math.sqrt(d)
         weights = torch.softmax(scores.flatten(1).float(), dim=1).to(local.dtype)
         pooled = torch.bmm(local.flatten(2), weights.unsqueeze(2)).squeeze(2)
         return pooled, weights.view(b, h, w)
@@ -85,10 +92,12 @@ class GDFLHead(nn.Module):
             nn.Identity() if c == self.proj_dim else nn.Conv2d(c, self.proj_dim, kernel_size=1, bias=False)
             for c in tap_channels
         )
-        # g only steers the scores, so it is mapped to proj_dim only when attention is on and widths differ.
+        # g steers the scores only with dot attention (it cancels in additive scores), so only then is it
+        # mapped to proj_dim, and only when the widths differ.
+        self.uses_global_in_scores = attention and compat == "dot"
         self.global_projection = (
             nn.Linear(global_dim, self.proj_dim, bias=False)
-            if attention and global_dim != self.proj_dim
+            if self.uses_global_in_scores and global_dim != self.proj_dim
             else nn.Identity()
         )
         if not attention:
@@ -123,7 +132,7 @@ class GDFLHead(nn.Module):
         """Return (f, h, per-tap pooled features p_k, per-tap attention weights B x H_k x W_k)."""
         if len(taps) != len(self.projections):
             raise ValueError(f"GDFL head expects {len(self.projections)} tapped maps, got {len(taps)}")
-        g = self.global_projection(global_feat)
+        g = self.global_projection(global_feat) if self.uses_global_in_scores else None
         pooled, weights = [], []
         for k, (projection, tap) in enumerate(zip(self.projections, taps, strict=True)):
             local = projection(tap)
