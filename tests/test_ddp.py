@@ -39,6 +39,9 @@ def _overrides(data_root: Path) -> list[str]:
         "data.ids_per_batch=2",
         "data.num_instances=2",
         "model.gdfl.enabled=true",
+        # layer4 untapped, attention off: g feeds nothing, the case that crashed DDP when layer4 still ran
+        "model.gdfl.taps=[layer2,layer3]",
+        "model.gdfl.attention.enabled=false",
         "model.gdfl.proj_dim=32",
         "model.gdfl.fuse_dim=32",
         "model.adversary.enabled=true",
@@ -119,3 +122,55 @@ def test_torchrun_two_gloo_ranks_equal_gradient_averaged_reference(tmp_path):
     print(f"max |DDP - reference| = {worst_right:.3g}, max |DDP - rank-0-only| = {worst_wrong:.3g}")
     assert worst_right < 1e-4, worst_right
     assert worst_wrong > 100 * max(worst_right, 1e-7), (worst_wrong, worst_right)
+
+
+def _unused_by_backward(model_cfg: dict, loss_weights: dict) -> set[str]:
+    """Reference: the top-level modules holding trainable parameters that one real backward leaves without
+    a gradient."""
+    torch.manual_seed(0)
+    model = build_model(model_cfg, 4).train()
+    loss_cfg = {name: {"weight": weight} for name, weight in loss_weights.items()}
+    criterion = build_criterion(loss_cfg, 4, model.feature_dim)
+    pids = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    loss, _ = criterion(model(torch.randn(8, 3, 64, 32)), pids)
+    loss.backward()
+    return {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad and p.grad is None}
+
+
+def test_find_unused_parameters_rule_matches_a_real_backward_pass():
+    base = {"backbone": "resnet18", "pretrained": "none", "adversary": {"enabled": True, "hidden": [8]}}
+    two_taps = {"enabled": True, "taps": ["layer2", "layer3"], "proj_dim": 16, "fuse_dim": 16}
+    cases = [
+        (base, {"id": 1.0, "triplet": 1.0, "adversary": 1.0}),
+        (base, {"id": 0.0, "triplet": 1.0, "adversary": 1.0}),
+        (base, {"id": 1.0, "triplet": 1.0, "adversary": 0.0}),
+        # layer4 is not tapped and g feeds nothing: layer4 must be neither computed nor trainable
+        ({**base, "gdfl": {**two_taps, "attention": {"enabled": False}}}, {"id": 1.0, "adversary": 1.0}),
+        ({**base, "gdfl": {**two_taps, "attention": {"compat": "additive"}}}, {"id": 1.0, "adversary": 1.0}),
+        # here g is used (dot scores, or the adversary on g), so layer4 runs and trains
+        ({**base, "gdfl": {**two_taps, "attention": {"compat": "dot"}}}, {"id": 1.0, "adversary": 1.0}),
+        ({**base, "gdfl": two_taps, "adversary": {"enabled": True, "attach": "global", "hidden": [8]}},
+         {"id": 1.0, "adversary": 1.0}),
+    ]  # fmt: skip
+    for model_cfg, weights in cases:
+        model = build_model(model_cfg, 4)
+        assert set(model.modules_without_gradient(weights)) == _unused_by_backward(model_cfg, weights), (
+            model_cfg, weights)  # fmt: skip
+        layer4_trains = any(p.requires_grad for p in model.backbone.layer4.parameters())
+        assert layer4_trains == model.uses_global_feat
+
+
+def test_stopping_after_the_deepest_tap_gives_the_features_of_the_full_pass():
+    torch.manual_seed(0)
+    gdfl = {"enabled": True, "taps": ["layer3.0", "layer2"], "attention": {"enabled": False}}
+    cfg = {"backbone": "resnet18", "pretrained": "none", "gdfl": gdfl}
+    model = build_model(cfg, 4).eval()
+    assert model.backbone.last_block is not None
+    images = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        stopped = model(images)
+        model.backbone.last_block = None  # run every block, as before
+        full = model(images)
+    torch.testing.assert_close(stopped, full, rtol=0, atol=0)
+    assert not any(p.requires_grad for p in model.backbone.layer3[1].parameters())
+    assert all(p.requires_grad for p in model.backbone.layer3[0].parameters())

@@ -200,11 +200,9 @@ class Trainer:
 
         self.train_model: nn.Module = self.model
         if self.ctx.is_distributed:
-            # Every parameter receives a gradient each step unless a head's loss is switched off.
-            loss_cfg = cfg["loss"]
-            find_unused = float(loss_cfg["id"]["weight"]) == 0.0 or (
-                bool(cfg["model"]["adversary"]["enabled"]) and float(loss_cfg["adversary"]["weight"]) == 0.0
-            )
+            # The model knows which of its trainable parts the configured losses leave without a gradient.
+            weights = {name: float(term["weight"]) for name, term in cfg["loss"].items()}
+            find_unused = bool(self.model.modules_without_gradient(weights))
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=device_ids, find_unused_parameters=find_unused

@@ -50,6 +50,8 @@ class StagedBackbone(nn.Module, abc.ABC):
     """
 
     frozen_stages = 0
+    last_block: int | None = None
+    """Index (in stem-to-head order) of the last block ``forward`` runs; None runs all of them."""
 
     @abc.abstractmethod
     def stem_modules(self) -> list[nn.Module]:
@@ -108,19 +110,44 @@ class StagedBackbone(nn.Module, abc.ABC):
     def out_channels(self) -> int:
         return self.channels("layer4")
 
+    def _blocks(self) -> list[tuple[str, int]]:
+        return [(stage, i) for stage in STAGES for i in range(len(self.stage(stage)))]
+
+    def _block_of(self, name: str) -> tuple[str, int]:
+        stage, _, index = name.partition(".")
+        return stage, int(index) if index else len(self.stage(stage)) - 1
+
+    def stop_after(self, name: str) -> None:
+        """Run no block after ``name`` (a capturable name): for a model that uses nothing deeper, e.g. GDFL
+        taps without the global feature. The deeper blocks stay in the module, so pretrained weights and
+        checkpoints keep one layout, but they get no gradient (``requires_grad`` off), which is also what
+        lets DistributedDataParallel run without searching for unused parameters."""
+        blocks = self._blocks()
+        self.last_block = blocks.index(self._block_of(name))
+        for stage, i in blocks[self.last_block + 1 :]:
+            self.stage(stage)[i].requires_grad_(False)
+
+    def deepest(self, names: Sequence[str]) -> str:
+        """The capturable name among ``names`` that is computed last."""
+        blocks = self._blocks()
+        return max(names, key=lambda name: blocks.index(self._block_of(name)))
+
     def forward(
         self, x: torch.Tensor, capture: Sequence[str] = ()
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return (the output of the last block run, the maps named in ``capture``)."""
         wanted = set(capture)
         captured: dict[str, torch.Tensor] = {}
         x = self.stem(x)
-        for stage in STAGES:
-            for i, block in enumerate(self.stage(stage)):
-                x = block(x)
-                if f"{stage}.{i}" in wanted:
-                    captured[f"{stage}.{i}"] = x
-            if stage in wanted:
+        for position, (stage, i) in enumerate(self._blocks()):
+            blocks = self.stage(stage)
+            x = blocks[i](x)
+            if f"{stage}.{i}" in wanted:
+                captured[f"{stage}.{i}"] = x
+            if stage in wanted and i == len(blocks) - 1:
                 captured[stage] = x
+            if position == self.last_block:
+                break
         return x, captured
 
 

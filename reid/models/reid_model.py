@@ -83,6 +83,14 @@ class ReIDModel(nn.Module):
             self.adversary = AdversarialHeads(
                 self._adversary_input_dims(global_dim), num_classes, adv.hidden, adv.dropout, adv.mode
             )
+        self.uses_global_feat = (
+            self.gdfl is None
+            or self.gdfl.include_global
+            or self.gdfl.uses_global_in_scores
+            or (self.adversary is not None and self.adversary_attach == "global")
+        )
+        if not self.uses_global_feat:  # nothing reads the last stage's pooled map: do not compute it
+            self.backbone.stop_after(self.backbone.deepest(self.taps))
 
     @property
     def adversary_attach(self) -> str:
@@ -105,6 +113,18 @@ class ReIDModel(nn.Module):
             "global": lambda: [global_dim],
         }[self.adversary_attach]()
 
+    def modules_without_gradient(self, loss_weights: Mapping[str, float]) -> list[str]:
+        """Trainable submodules that no loss reaches in a training step with these loss weights (``id``,
+        ``adversary``): the classifier and the BNNeck scale feed only the ID loss, the adversary only its
+        own. Parts the model never computes are not trainable (see ``StagedBackbone.stop_after``).
+        DistributedDataParallel must search for unused parameters exactly when this is not empty."""
+        unused = []
+        if float(loss_weights.get("id", 1.0)) == 0.0:
+            unused += ["classifier", "bnneck"]
+        if self.adversary is not None and float(loss_weights.get("adversary", 1.0)) == 0.0:
+            unused.append("adversary")
+        return unused
+
     def set_training_progress(self, progress: float) -> None:
         """Set lambda_p of the gradient reversal from p = global_step / total_steps (DANN ramp)."""
         adv = self.cfg.adversary
@@ -118,7 +138,7 @@ class ReIDModel(nn.Module):
 
     def _features(self, images: torch.Tensor) -> dict[str, Any]:
         final, captured = self.backbone(images, self.taps)
-        g = final.mean(dim=(2, 3))
+        g = final.mean(dim=(2, 3)) if self.uses_global_feat else None
         out: dict[str, Any] = {"global_feat": g, "tap_feats": [], "attention": []}
         if self.gdfl is None:
             out["feat"], out["gdfl_feat"] = g, None
