@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from reid.data import ImageRecord
-from reid.data.image_io import read_image
+from reid.data.image_io import CorruptImageError, read_image
 from reid.data.transforms import ImageTransform, build_transforms
 from reid.evaluation.distance import l2_normalize
 from reid.shipped import DEFAULT_MODEL, SHIPPED_CHECKPOINT, SHIPPED_ONNX
@@ -46,7 +46,12 @@ class _RecordImages(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return self.transform(read_image(self.records[index].path))
+        try:
+            image = read_image(self.records[index].path)
+        except CorruptImageError as exc:
+            raise CorruptImageError(exc.path, f"{exc.reason} (data.skip_corrupt=true leaves unreadable "
+                                    "images out of evaluation too, checking every file first)") from exc
+        return self.transform(image)
 
 
 def test_transform(input_size: Sequence[int], mean: Sequence[float], std: Sequence[float]) -> ImageTransform:

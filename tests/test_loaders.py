@@ -5,8 +5,8 @@ import torch
 
 from reid.config import load_config
 from reid.data.datasets import ImageRecord
-from reid.data.image_io import CorruptImageError, read_image
-from reid.data.loaders import build_test_loader, build_train_loader
+from reid.data.image_io import CorruptImageError
+from reid.data.loaders import build_train_loader
 from reid.data.torch_dataset import ReIDImageDataset
 from reid.data.transforms import build_transforms
 
@@ -101,10 +101,10 @@ def test_ranks_get_equal_disjoint_batch_shares(tmp_path):
 
 
 def test_corrupt_file_fails_naming_it_or_is_skipped_and_counted(tmp_path):
-    records = write_images(tmp_path / "imgs")
+    records = write_images(tmp_path / "imgs", per_id=2)  # K = 2: every image is drawn each epoch
     bad_path = corrupt(records[5])
     with pytest.raises(CorruptImageError, match=records[5].path.split("/")[-1]):
-        for _ in build_test_loader(config(), records):
+        for _ in epoch_batches(build_train_loader(config(), records), 0):
             pass
     loader = build_train_loader(config("data.skip_corrupt=true"), records)
     assert loader.dataset.num_skipped == 1 and loader.dataset.skipped[0][0] == bad_path
@@ -114,23 +114,11 @@ def test_corrupt_file_fails_naming_it_or_is_skipped_and_counted(tmp_path):
 
 
 def test_corrupt_file_error_survives_worker_processes(tmp_path):
-    records = write_images(tmp_path / "imgs", num_ids=2, per_id=2)
+    records = write_images(tmp_path / "imgs", num_ids=3, per_id=2)
     corrupt(records[1])
     with pytest.raises(CorruptImageError, match=records[1].path.split("/")[-1]):
-        for _ in build_test_loader(config("data.num_workers=1"), records):
+        for _ in epoch_batches(build_train_loader(config("data.num_workers=1"), records), 0):
             pass
-
-
-def test_test_loader_is_sequential_and_unaugmented(tmp_path):
-    records = write_images(tmp_path / "imgs", num_ids=3, per_id=4)
-    cfg = config()
-    batches = list(build_test_loader(cfg, records))
-    assert [len(b["paths"]) for b in batches] == [5, 5, 2]
-    assert [i for b in batches for i in b["indices"].tolist()] == list(range(len(records)))
-    reference = build_transforms(cfg, is_train=False)
-    images = torch.cat([b["images"] for b in batches])
-    expected = torch.stack([reference(read_image(r.path)) for r in records])
-    assert torch.equal(images, expected)
 
 
 def test_all_unreadable_is_an_error(tmp_path):

@@ -103,7 +103,7 @@ def test_feature_file_without_camids_is_named(tmp_path, capsys):
         load_tool().main([*argv, "--debug"])
 
 
-def test_checkpoint_mode_extracts_evaluates_and_saves_features(tmp_path):
+def test_checkpoint_mode_extracts_evaluates_and_saves_features(tmp_path, capsys):
     root = generate_synthetic_dataset(
         tmp_path / "data",
         num_train_ids=2,
@@ -141,6 +141,19 @@ def test_checkpoint_mode_extracts_evaluates_and_saves_features(tmp_path):
     results = json.loads((out / "results.json").read_text())
     assert results["mAP"] == pytest.approx(expected["mAP"])
     assert results["settings"]["checkpoint"] == str(checkpoint)
+
+    # One corrupt query image: named, with the key that skips it; with data.skip_corrupt it is left out.
+    bad = Path(saved.query_paths[1])
+    bad.write_bytes(b"not a jpeg")
+    argv = ["--checkpoint", str(checkpoint), "--output", str(tmp_path / "r2"), "--device", "cpu"]
+    assert load_tool().main(argv) == 2
+    err = capsys.readouterr().err
+    assert bad.name in err and "data.skip_corrupt=true" in err and len(err.strip().splitlines()) == 1
+    skipping = tmp_path / "skip.yml"
+    skipping.write_text(json.dumps({"data": {**config["data"], "skip_corrupt": True}}))  # JSON is YAML
+    assert load_tool().main([*argv, "--config", str(skipping)]) == 0
+    kept = load_features(tmp_path / "r2" / "features.npz")
+    assert list(kept.query_paths) == [p for p in saved.query_paths if p != str(bad)]
 
 
 def test_checkpoint_mode_uses_the_configured_feature_and_custom_reader_options(tmp_path):

@@ -59,17 +59,6 @@ def build_train_loader(
     return _make_loader(dataset, cfg, batch_sampler=sampler, generator=generator, persistent=True)
 
 
-def build_test_loader(cfg: Mapping[str, Any], records: Sequence[ImageRecord]) -> DataLoader:
-    """Sequential loader (no augmentation) with ``test.batch_size`` images per batch, in record order."""
-    dataset = ReIDImageDataset(
-        records, build_transforms(cfg, is_train=False), skip_corrupt=bool(cfg["data"]["skip_corrupt"])
-    )
-    batch_size = int(cfg["test"]["batch_size"])
-    if batch_size < 1:
-        raise ValueError(f"test.batch_size must be >= 1, got {batch_size}")
-    return _make_loader(dataset, cfg, batch_size=batch_size, shuffle=False, persistent=False)
-
-
 def _make_loader(
     dataset: ReIDImageDataset, cfg: Mapping[str, Any], *, persistent: bool, **kwargs: Any
 ) -> DataLoader:

@@ -46,7 +46,7 @@ class ReIDImageDataset(Dataset):
         self.augment_seed = augment_seed
         self.skipped: list[tuple[str, str]] = []
         if skip_corrupt:
-            records, self.skipped = _drop_unreadable(records)
+            records, self.skipped = drop_unreadable(records)
         self.records: list[ImageRecord] = list(records)
 
     @property
@@ -63,7 +63,7 @@ class ReIDImageDataset(Dataset):
             decoded = read_image(record.path)
         except CorruptImageError as exc:  # found mid-epoch: say how to go on without it
             raise CorruptImageError(exc.path, f"{exc.reason} (data.skip_corrupt=true leaves unreadable "
-                                    "images out, checking every file before training)") from exc
+                                    "images out, checking every file first)") from exc
         image = self.transform(decoded)
         return {"image": image, "pid": record.pid, "camid": record.camid, "path": record.path, "index": index}
 
@@ -92,8 +92,9 @@ def _read_error(path: str) -> str | None:
     return None
 
 
-def _drop_unreadable(records: Sequence[ImageRecord]) -> tuple[list[ImageRecord], list[tuple[str, str]]]:
-    """Read every image once (threads: decoding releases the GIL) and split off the unreadable ones."""
+def drop_unreadable(records: Sequence[ImageRecord]) -> tuple[list[ImageRecord], list[tuple[str, str]]]:
+    """Read every image once (threads: decoding releases the GIL) and split off the unreadable ones:
+    (readable records, [(path, reason)] of the others, also logged). What ``data.skip_corrupt`` does."""
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         errors = list(

@@ -33,6 +33,7 @@ from reid.config import save_config
 from reid.data import ReIDDataset, build_dataset
 from reid.data.datasets.registry import NAME_PARSING_READERS
 from reid.data.loaders import build_train_loader
+from reid.data.torch_dataset import drop_unreadable
 from reid.engine.checkpointing import check_resume_config, load_checkpoint, save_checkpoint
 from reid.engine.distributed import (
     DistContext,
@@ -94,13 +95,19 @@ def load_dataset(cfg: dict[str, Any]) -> ReIDDataset:
     """The dataset named by ``cfg.data`` (the synthetic one is generated under data.root when missing).
 
     ``data.synthetic``, ``data.custom`` and ``data.cuhk03`` hold the options of those readers; ``data.strict``
-    goes to the readers that parse labels out of file names."""
+    goes to the readers that parse labels out of file names. With ``data.skip_corrupt`` unreadable query and
+    gallery images are left out here, once, for every evaluation (training images: by the train loader,
+    which counts them)."""
     data_cfg = cfg["data"]
     reader_options = ("synthetic", "custom", "cuhk03")
     kwargs = dict(data_cfg.get(data_cfg["name"]) or {}) if data_cfg["name"] in reader_options else {}
     if data_cfg["name"] in NAME_PARSING_READERS:
         kwargs["strict"] = data_cfg.get("strict", True)
-    return build_dataset(data_cfg["name"], data_cfg["root"], **kwargs)
+    dataset = build_dataset(data_cfg["name"], data_cfg["root"], **kwargs)
+    if data_cfg.get("skip_corrupt", False):
+        dataset.query = drop_unreadable(dataset.query)[0]
+        dataset.gallery = drop_unreadable(dataset.gallery)[0]
+    return dataset
 
 
 @contextlib.contextmanager

@@ -53,11 +53,6 @@ class ReIDDataset:
     def num_train_pids(self) -> int:
         return len({record.pid for record in self.train})
 
-    @property
-    def num_train_cams(self) -> int:
-        """Largest train camera id + 1 (not a count): always a valid size for a camera-indexed layer."""
-        return max((record.camid for record in self.train), default=-1) + 1
-
     def summary(self) -> str:
         """A plain-text table: split | ids | images | cameras."""
         rows = [("split", "ids", "images", "cameras")]
