@@ -446,6 +446,14 @@ def test_cuhk03_folder_layout_holds_out_the_last_identities(tmp_path):
     both = build_dataset("cuhk03", tmp_path, boxes="both", num_val_ids=2)
     assert len(both.train) == 18 and len(both.query) == 2 * len(data.query)
     assert {Path(r.path).parent.name for r in both.gallery} == {"labeled", "detected"}
+    # train on hand-drawn boxes, test on detector boxes: the same split, the box folders swapped per side
+    shift = build_dataset("cuhk03", tmp_path, boxes="labeled", num_val_ids=2, test_boxes="detected")
+    assert shift.train == data.train
+    as_detected = [ImageRecord(r.path.replace("/labeled/", "/detected/"), r.pid, r.camid) for r in data.query]
+    assert shift.query == as_detected and len(shift.gallery) == len(data.gallery)
+    assert {Path(r.path).parent.name for r in shift.query + shift.gallery} == {"detected"}
+    with pytest.raises(ValueError, match="data.cuhk03.test_boxes"):
+        build_dataset("cuhk03", tmp_path, test_boxes="drawn")
 
 
 def test_cuhk03_folder_errors_name_the_problem(tmp_path):

@@ -26,7 +26,8 @@ DEFAULTS: dict[str, Any] = {
         # reader options of data.name=custom (see reid/data/datasets/custom.py)
         "custom": {"camera_regex": r"c(\d+)", "camera_mode": "auto"},
         # reader options of data.name=cuhk03 (see reid/data/datasets/cuhk03.py)
-        "cuhk03": {"boxes": "labeled", "num_val_ids": 100},
+        # test_boxes: query/gallery box type when it differs from training's (labeled -> detected)
+        "cuhk03": {"boxes": "labeled", "num_val_ids": 100, "test_boxes": None},
         "height": 256,
         "width": 128,
         "pixel_mean": [0.485, 0.456, 0.406],
@@ -104,6 +105,7 @@ DEFAULTS: dict[str, Any] = {
 
 # Keys whose default is null: the type a non-null value must have.
 NULLABLE_TYPES: dict[str, type] = {
+    "data.cuhk03.test_boxes": str,
     "model.gdfl.proj_dim": int,
     "model.gdfl.fuse_dim": int,
     "solver.max_iters_per_epoch": int,

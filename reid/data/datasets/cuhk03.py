@@ -50,9 +50,9 @@ def is_official_release(root: Path) -> bool:
     return any((root / name).is_file() for name in names)
 
 
-def _box_folders(boxes: str) -> tuple[str, ...]:
+def _box_folders(boxes: str, key: str = "data.cuhk03.boxes") -> tuple[str, ...]:
     if boxes not in BOX_TYPES:
-        raise ValueError(f"data.cuhk03.boxes must be one of {list(BOX_TYPES)}, got {boxes!r}")
+        raise ValueError(f"{key} must be one of {list(BOX_TYPES)}, got {boxes!r}")
     return ("labeled", "detected") if boxes == "both" else (boxes,)
 
 
@@ -76,27 +76,38 @@ def _read_folder(folder: Path, strict: bool) -> list[tuple[int, int, str]]:
 
 
 def load_cuhk03(
-    root: str | os.PathLike, *, boxes: str = "labeled", num_val_ids: int = 100, strict: bool = True
+    root: str | os.PathLike,
+    *,
+    boxes: str = "labeled",
+    num_val_ids: int = 100,
+    strict: bool = True,
+    test_boxes: str | None = None,
 ) -> ReIDDataset:
     """Read CUHK03 from ``root``: the official release if it is there, else the folder layout above.
 
     ``num_val_ids`` only applies to the folder layout; the official release has its own test split.
+    ``test_boxes`` (folder layout) gives query and gallery another box type than training, e.g. train on
+    ``labeled`` and test on ``detected``: a shift from hand-drawn to detector crops. Default: ``boxes``.
     """
     root_path = require_existing_root(root)
-    folders = _box_folders(boxes)
+    train_folders = _box_folders(boxes)
+    test_folders = train_folders if test_boxes is None else _box_folders(test_boxes, "data.cuhk03.test_boxes")
     if is_official_release(root_path):
+        if test_boxes not in (None, boxes):
+            raise ValueError("data.cuhk03.test_boxes applies to the folder layout, not the official release")
         return load_cuhk03_mat(root_path, boxes=boxes)
+    folders = sorted(set(train_folders) | set(test_folders))
     missing = [f for f in folders if not (root_path / f).is_dir()]
     if missing:
         raise DatasetLayoutError(
             f"cuhk03: expected folder(s) {', '.join(missing)}/ of PPPP_II.jpg images"
-            f" (data.cuhk03.boxes={boxes})"
+            f" (data.cuhk03.boxes={boxes}, test_boxes={test_boxes or boxes})"
             f" in '{root_path}'; found: {describe_folder(root_path)}"
         )
-    entries = [entry for folder in folders for entry in _read_folder(root_path / folder, strict)]
+    entries = [(*entry, folder) for folder in folders for entry in _read_folder(root_path / folder, strict)]
     if not entries:
         raise DatasetLayoutError(f"cuhk03: no PPPP_II.jpg images in {[str(root_path / f) for f in folders]}")
-    pids = sorted({pid for pid, _, _ in entries})
+    pids = sorted({pid for pid, _, _, _ in entries})
     if not 0 < num_val_ids < len(pids):
         raise ValueError(
             f"data.cuhk03.num_val_ids must be between 1 and {len(pids) - 1}"
@@ -104,16 +115,20 @@ def load_cuhk03(
             f" got {num_val_ids}"
         )
     val_pids = set(pids[-num_val_ids:])
+    test_entries = [e for e in entries if e[0] in val_pids and e[3] in test_folders]
     train, query, gallery = [], [], []
     first_shot: dict[tuple[int, int], int] = {}
-    for pid, shot, _ in entries:
+    for pid, shot, _, _ in test_entries:
         key = (pid, shot // SHOTS_PER_CAMERA)
         first_shot[key] = min(first_shot.get(key, shot), shot)
-    for pid, shot, path in sorted(entries):
+    for pid, shot, path, folder in sorted(entries):
         camid = shot // SHOTS_PER_CAMERA
         record = ImageRecord(path, pid, camid)
         if pid not in val_pids:
-            train.append(record)
+            if folder in train_folders:
+                train.append(record)
+        elif folder not in test_folders:
+            continue
         elif shot == first_shot[(pid, camid)]:
             query.append(record)
         else:
