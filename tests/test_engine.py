@@ -299,8 +299,9 @@ def resumed_runs(tmp_path_factory):
     """An uninterrupted 3-epoch run, and the same run stopped after epoch 1 then resumed from last.pt."""
     tmp = tmp_path_factory.mktemp("resume")
     data = tmp / "data"
-    full = Trainer(_tiny_config(data, tmp / "full"), tmp / "full").fit()
-    part_cfg = _tiny_config(data, tmp / "part")
+    every_step = {"solver.log_period": 1}
+    full = Trainer(_tiny_config(data, tmp / "full", **every_step), tmp / "full").fit()
+    part_cfg = _tiny_config(data, tmp / "part", **every_step)
     first = Trainer(part_cfg, tmp / "part")
     first.epochs = 1  # stop after one epoch, as if interrupted (schedule and DANN ramp still span 3 epochs)
     first.fit()
@@ -320,9 +321,15 @@ def test_resume_after_an_epoch_is_bit_identical(resumed_runs):
         assert resumed[key] == full[key]
     full_log = read_metrics(tmp / "full" / "metrics.jsonl")
     part_log = read_metrics(tmp / "part" / "metrics.jsonl")
-    assert [r["epoch"] for r in part_log] == [1, 2, 3]
+    assert [(r["epoch"], r.get("partial", False)) for r in part_log] == [
+        (1, True), (1, False), (2, True), (2, False), (3, True), (3, False)]  # fmt: skip
     for a, b in zip(full_log, part_log, strict=True):
         assert a["loss_total"] == b["loss_total"]
+    # solver.log_period=1 with one step per epoch: each step record is that epoch's mean
+    partial = [r for r in full_log if r.get("partial")]
+    assert [r["step"] for r in partial] == [1, 2, 3]
+    assert [r["acc_adv"] for r in partial] == [r["acc_adv"] for r in full_log if not r.get("partial")]
+    full_log = [r for r in full_log if not r.get("partial")]
     assert full_log[0]["adv_lambda"] == 0.0 < full_log[1]["adv_lambda"] < full_log[2]["adv_lambda"] < 0.1
     assert "acc_adv" in full_log[0] and "acc_id" in full_log[0]
     assert (tmp / "part" / "best.pt").exists() and (tmp / "part" / "results.json").exists()

@@ -92,6 +92,9 @@ DEFAULTS: dict[str, Any] = {
         "channels_last": True,
         "max_iters_per_epoch": None,
         "checkpoint_period": 1,
+        # every N steps also log the mean of the last N steps' losses/accuracies to metrics.jsonl
+        # (records with "partial": true), for curves inside an epoch; 0 = per epoch only
+        "log_period": 0,
     },
     "test": {
         "eval_period": 10,

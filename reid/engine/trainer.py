@@ -3,7 +3,8 @@
 One :class:`Trainer` owns a run folder::
 
     config.yaml    the resolved config          train.log      log of rank 0
-    metrics.jsonl  one record per epoch         last.pt        every solver.checkpoint_period epochs
+    metrics.jsonl  a record per epoch (and      last.pt        every solver.checkpoint_period epochs
+                   per solver.log_period steps)
     best.pt        best test mAP so far         results.json   final evaluation
 
 Per step: the adversary's training progress ``p = global_step / total_steps`` goes to
@@ -282,6 +283,8 @@ class Trainer:
             leave=False,
             dynamic_ncols=True,
         )
+        log_period = int(self.solver["log_period"])
+        window: dict[str, float] = defaultdict(float)
         for batch_index, batch in enumerate(self.train_loader):
             if batch_index >= self.iters_per_epoch:
                 break
@@ -289,6 +292,13 @@ class Trainer:
             num_images += batch["images"].shape[0]
             for key, value in logs.items():
                 sums[key] += float(value)
+                window[key] += float(value)
+            if log_period > 0 and (batch_index + 1) % log_period == 0:
+                if self.ctx.is_main:
+                    means = {key: value / log_period for key, value in window.items()}
+                    partial = {"epoch": self.epoch + 1, "step": self.global_step, "partial": True, **means}
+                    self.metrics.log(partial, step=self.global_step)
+                window.clear()
             progress.update(1)
             progress.set_postfix(loss=f"{sums['loss_total'] / (batch_index + 1):.3f}", lr=f"{self._lr():.2e}")
         progress.close()

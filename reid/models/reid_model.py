@@ -175,11 +175,6 @@ class ReIDModel(nn.Module):
             out["adv_logits"], out["adv_confusion_logits"] = self.adversary(inputs, self.adv_lambda)
         return out
 
-    @torch.no_grad()
-    def attention_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Per-tap attention weights (B x H_k x W_k) for visualisation; empty when GDFL is off."""
-        return self._features(images)["attention"]
-
     def describe(self) -> str:
         """Short architecture tag used in model names, e.g. ``resnet50-gdfl``."""
         return self.cfg.backbone + ("-gdfl" if self.gdfl is not None else "")
