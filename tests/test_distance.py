@@ -44,13 +44,6 @@ def test_cosine_of_zero_vector_is_one():
     np.testing.assert_allclose(result, 1.0)
 
 
-def test_default_device_runs_here():
-    query, gallery = random_features(4)
-    np.testing.assert_allclose(
-        compute_distance_matrix(query, gallery), cdist(query, gallery, "sqeuclidean"), rtol=1e-4, atol=1e-4
-    )
-
-
 @pytest.mark.parametrize(
     ("query", "gallery", "message"),
     [

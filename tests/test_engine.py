@@ -187,9 +187,16 @@ def test_metrics_log_truncates_redone_epochs(tmp_path):
     assert not (tmp_path / "rank1").exists()
 
 
-def test_amp_is_off_on_cpu():
+def test_amp_setting_maps_to_the_autocast_dtype():
+    # The mapping needs no GPU: a CUDA device object is enough for every value but "auto".
+    cuda = torch.device("cuda")
+    assert resolve_amp_dtype("bf16", cuda) is torch.bfloat16
+    assert resolve_amp_dtype("fp16", cuda) is torch.float16
+    assert resolve_amp_dtype("off", cuda) is None
+    with pytest.raises(ValueError, match="solver.amp must be one of"):
+        resolve_amp_dtype("fp8", cuda)
     for amp in ("auto", "bf16", "fp16", "off"):
-        assert resolve_amp_dtype(amp, torch.device("cpu")) is None
+        assert resolve_amp_dtype(amp, torch.device("cpu")) is None  # the CPU always trains in fp32
 
 
 def _write_images(folder: Path, count: int, seed: int = 0) -> list[ImageRecord]:
