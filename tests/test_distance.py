@@ -4,7 +4,7 @@ import torch
 from scipy.spatial.distance import cdist
 
 from reid.evaluation import compute_distance_matrix
-from reid.evaluation.validation import EvaluationInputError
+from reid.evaluation.input_checks import EvaluationInputError
 
 
 def random_features(seed, num_query=37, num_gallery=53, dim=24):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from reid.evaluation import evaluate_rank
-from reid.evaluation.validation import EvaluationInputError
+from reid.evaluation.input_checks import EvaluationInputError
 
 
 def reference_evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank, ap_mode, junk_pids=()):
@@ -159,7 +159,7 @@ def test_same_camera_only_matches_raise_a_clear_error():
 
 def test_partly_skipped_queries_warn_with_a_count(caplog):
     distmat = np.random.default_rng(0).random((3, 5)).astype(np.float32)
-    with caplog.at_level(logging.WARNING, logger="reid.evaluation.validation"):
+    with caplog.at_level(logging.WARNING, logger="reid.evaluation.input_checks"):
         result = evaluate_rank(distmat, [1, 2, 3], [1, 2, 3, 1, 2], [0, 0, 1], [0, 0, 0, 0, 0])
     assert result["num_valid_queries"] == 1 and result["num_skipped_queries"] == 2
     assert "2 of 3 queries" in caplog.text

@@ -9,6 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from reid.evaluation import compute_distance_matrix, evaluate_rank, re_ranking
 from reid.evaluation.features_file import FIELDS, FeatureFileError, FeatureSet, load_features, save_features
+from reid.evaluation.input_checks import EvaluationInputError
 from reid.evaluation.plots import PLACEHOLDER_GREY, plot_ranked_list, select_queries
 from reid.evaluation.rank import ranked_gallery
 from reid.evaluation.report import (
@@ -19,7 +20,6 @@ from reid.evaluation.report import (
     results_markdown,
     write_report,
 )
-from reid.evaluation.validation import EvaluationInputError
 
 
 def clustered_features(seed=0, num_ids=12, per_id=5, dim=16, paths=None):

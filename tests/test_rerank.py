@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from reid.evaluation import rerank_sparse
-from reid.evaluation.knn import normalised_distance_matrix, stable_smallest
 from reid.evaluation.rerank import re_ranking
+from reid.evaluation.rerank_distances import normalised_distance_matrix, stable_smallest
 
 
 def clustered_features(seed, num_query, num_gallery, num_ids=12, dim=16, noise=0.6):

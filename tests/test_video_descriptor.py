@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from reid.gallery import CropEntry
+from reid.video.crop_bank import TrackEvidence
 from reid.video.descriptor import FEATURE_DIM, describe_crops, foreground_weights
 from reid.video.embedder import HandcraftedEmbedder, ModelEmbedder, build_embedder
-from reid.video.evidence import TrackEvidence
 from reid.video.quality import crop_quality, occlusion_fractions
 from reid.video.separability import (
     GALLERY_PERCENTILE,

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .validation import EvaluationInputError, check_features
+from .input_checks import EvaluationInputError, check_features
 
 METRICS = ("euclidean", "cosine")
 

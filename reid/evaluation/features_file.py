@@ -18,7 +18,7 @@ import numpy as np
 
 from reid.utils.io import atomic_open
 
-from .validation import EvaluationInputError, check_features, check_labels
+from .input_checks import EvaluationInputError, check_features, check_labels
 
 SPLITS = ("query", "gallery")
 FIELDS = tuple(f"{split}_{kind}" for split in SPLITS for kind in ("features", "pids", "camids", "paths"))

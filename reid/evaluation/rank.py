@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from .validation import EvaluationInputError, check_retrieval_inputs, check_valid_queries
+from .input_checks import EvaluationInputError, check_retrieval_inputs, check_valid_queries
 
 AP_MODES = ("noninterpolated", "trapezoidal")
 # Elements of the distance matrix handled per chunk: a few tens of MB of temporaries, which keeps memory

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from reid.evaluation.distance import resolve_device
-from reid.evaluation.knn import default_chunk_size
+from reid.evaluation.rerank_distances import default_chunk_size
 from reid.evaluation.rerank_exact import re_ranking_exact
 from reid.evaluation.rerank_sparse import re_ranking_sparse
 

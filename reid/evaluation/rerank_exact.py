@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import torch
 
-from reid.evaluation.knn import normalised_distance_matrix
+from reid.evaluation.rerank_distances import normalised_distance_matrix
 
 logger = logging.getLogger(__name__)
 

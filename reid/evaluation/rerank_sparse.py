@@ -18,7 +18,7 @@ import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
-from reid.evaluation.knn import (
+from reid.evaluation.rerank_distances import (
     DistanceStrip,
     duplicate_labels,
     normalise_rows,

@@ -21,9 +21,9 @@ import numpy as np
 from tqdm import tqdm
 
 from reid.gallery import CropEntry, GalleryStore
+from reid.video.crop_bank import TrackEvidence
 from reid.video.detection import Detections, Detector
 from reid.video.embedder import Embedder
-from reid.video.evidence import TrackEvidence
 from reid.video.quality import QualityConfig, crop_quality
 from reid.video.reader import VideoInfo, VideoReader, VideoStallError
 from reid.video.self_calibration import video_match_threshold
