@@ -30,8 +30,8 @@ from reid.engine import (
     seed_everything,
     seen_identity_split,
 )
-from reid.engine.checkpointing import check_resume_config
 from reid.engine.metrics_log import MetricsLog
+from reid.engine.resume import check_resume_config
 from reid.engine.trainer import resolve_amp_dtype
 from reid.models import CheckpointError, build_model
 from reid.models.checkpoint import read_checkpoint

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from reid.utils.io import atomic_open
+        from reid.utils.io import atomic_save_figure
 
         rows, cols = len(crops), 1 + len(taps)
         figure, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 2.3 * rows), squeeze=False)
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         for axis in axes.flat:
             axis.axis("off")
         figure.tight_layout()
-        with atomic_open(args.out, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=100)
+        atomic_save_figure(figure, args.out, dpi=100)
         plt.close(figure)
     except (OSError, ValueError, CheckpointError, CorruptImageError) as err:
         print(f"plot_attention: error: {err}", file=sys.stderr)

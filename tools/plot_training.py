@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        from reid.utils.io import atomic_open
+        from reid.utils.io import atomic_save_figure
 
         figure, axes = plt.subplots(1, len(args.metrics), figsize=(5 * len(args.metrics), 3.6), squeeze=False)
         drawn = 0
@@ -78,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             axis.grid(alpha=0.3)
         axes[0][0].legend(fontsize=7)
         figure.tight_layout()
-        with atomic_open(args.out, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=110)
+        atomic_save_figure(figure, args.out, dpi=110)
         plt.close(figure)
     except (OSError, ValueError, CheckpointError) as err:
         print(f"plot_training: error: {err}", file=sys.stderr)

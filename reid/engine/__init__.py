@@ -1,12 +1,12 @@
 """Training engine: the trainer, optimizers and schedules, checkpoints with exact resume, feature extraction,
 DistributedDataParallel plumbing, metrics logging and seeding."""
 
-from reid.engine.checkpointing import ResumeConfigError, config_differences, load_checkpoint, save_checkpoint
 from reid.engine.distributed import DistContext, init_distributed
 from reid.engine.evaluate import evaluate_model, seen_identity_split
 from reid.engine.launch import compose_config, evaluate_checkpoint, train
 from reid.engine.metrics_log import MetricsLog, read_metrics
 from reid.engine.optim import WarmupLRSchedule, build_loss_optimizer, build_optimizer
+from reid.engine.resume import ResumeConfigError, config_differences, load_checkpoint, save_checkpoint
 from reid.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
 from reid.engine.trainer import Trainer
 from reid.extraction import extract_features

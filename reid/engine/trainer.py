@@ -35,7 +35,6 @@ from reid.data import ReIDDataset, build_dataset
 from reid.data.datasets.registry import NAME_PARSING_READERS
 from reid.data.loaders import build_train_loader
 from reid.data.torch_dataset import drop_unreadable
-from reid.engine.checkpointing import check_resume_config, load_checkpoint, save_checkpoint
 from reid.engine.distributed import (
     DistContext,
     all_gather_objects,
@@ -53,6 +52,7 @@ from reid.engine.optim import (
     build_loss_optimizer,
     build_optimizer,
 )
+from reid.engine.resume import check_resume_config, load_checkpoint, save_checkpoint
 from reid.engine.seeding import capture_rng_state, restore_rng_state, seed_everything
 from reid.losses import build_criterion
 from reid.models import build_model

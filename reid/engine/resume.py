@@ -1,6 +1,6 @@
-"""Training checkpoints: everything needed to continue a run bit-for-bit, written atomically and read back
-with
-``torch.load(weights_only=True)`` so that a checkpoint from an untrusted source cannot execute code.
+"""Resuming training: a training checkpoint holds everything needed to continue a run bit-for-bit, written
+atomically and read back with ``torch.load(weights_only=True)`` so that a checkpoint from an untrusted source
+cannot execute code. (The file format itself, checksums and retrieval loading: reid/models/checkpoint.py.)
 
 A checkpoint is a plain dict. Keys shared with retrieval loading (reid/models/checkpoint.py): ``model`` (the
 unwrapped state dict), ``config`` (the resolved config), ``num_classes``, ``epoch`` (epochs completed).
