@@ -4,6 +4,7 @@ import torch
 from scipy.spatial.distance import cdist
 
 from reid.evaluation import compute_distance_matrix
+from reid.evaluation.distance import pairwise_distances
 from reid.evaluation.input_checks import EvaluationInputError
 
 
@@ -62,3 +63,18 @@ def test_unknown_metric_is_rejected():
     query, gallery = random_features(5)
     with pytest.raises(EvaluationInputError, match="metric"):
         compute_distance_matrix(query, gallery, "manhattan")
+
+
+@pytest.mark.parametrize(("metric", "scipy_metric"), [("cosine", "cosine"), ("euclidean", "sqeuclidean")])
+def test_numpy_pairwise_distances_match_scipy_in_the_inputs_precision(metric, scipy_metric):
+    query, gallery = random_features(5)
+    small = pairwise_distances(query[:7].astype(np.float32), gallery[:9].astype(np.float32), metric)
+    assert small.dtype == np.float32
+    np.testing.assert_allclose(small, cdist(query[:7], gallery[:9], scipy_metric), rtol=1e-4, atol=1e-5)
+    exact = pairwise_distances(query[:7].astype(np.float64), gallery[:9].astype(np.float64), metric)
+    assert exact.dtype == np.float64
+    np.testing.assert_allclose(exact, cdist(query[:7], gallery[:9], scipy_metric), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        small, compute_distance_matrix(query[:7], gallery[:9], metric), rtol=1e-5, atol=1e-4
+    )
+    assert (pairwise_distances(query[:3], query[:3], metric) >= 0).all()

@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
+from reid.evaluation.distance import pairwise_distances
 from reid.gallery import CropEntry
 from reid.video.crop_bank import TrackEvidence
 from reid.video.descriptor import FEATURE_DIM, describe_crops, foreground_weights
@@ -22,7 +23,6 @@ from reid.video.separability import (
     separability,
     tracklet_features,
 )
-from reid.video.tracking import cosine_distances
 
 
 def person(top, bottom, seed=0, size=(96, 40)):
@@ -46,7 +46,7 @@ def test_descriptor_properties():
     )
     assert feats.shape == (4, FEATURE_DIM) and feats.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
-    d = cosine_distances(feats, feats)
+    d = pairwise_distances(feats, feats, "cosine")
     assert d[0, 1] == pytest.approx(0.0, abs=1e-6)  # same crop -> distance 0
     assert d[0, 2] < 0.1 < d[0, 3]  # same clothes at another size vs. swapped colours (stripes matter)
     assert (feats >= 0).all()  # square-rooted histograms
@@ -120,7 +120,7 @@ def test_same_person_on_other_background_is_closer_than_other_person_on_same_bac
     grass, pavement = (40, 150, 60), (150, 150, 150)
     feats = describe_crops([on_background(figure, grass), on_background(figure, pavement),
                             on_background(other, grass)])
-    d = cosine_distances(feats, feats)
+    d = pairwise_distances(feats, feats, "cosine")
     assert d[0, 1] < d[0, 2]
 
 
@@ -136,7 +136,7 @@ def test_roc_auc_and_pairs_against_brute_force():
     feats = rng.normal(size=(30, 5))
     ids, frames = rng.integers(0, 4, 30), rng.integers(0, 100, 30)
     got_pos, got_neg = labelled_pair_distances(feats, ids, frames, min_gap=20)
-    d = cosine_distances(feats, feats)
+    d = pairwise_distances(feats, feats, "cosine")
     want_pos = [d[i, j] for i in range(30) for j in range(i + 1, 30)
                 if ids[i] == ids[j] and abs(frames[i] - frames[j]) >= 20]
     want_neg = [d[i, j] for i in range(30) for j in range(i + 1, 30) if ids[i] != ids[j]]
@@ -209,7 +209,7 @@ def test_derived_thresholds_are_the_stated_percentiles():
     got = derive_appearance_thresholds(feats, ids, frames, momentum=0.8, tracklet_span=10)
     running = running_feature_negatives(feats, ids, frames, momentum=0.8)
     tracklets, tracklet_ids = tracklet_features(feats, ids, frames, span=10)
-    d = cosine_distances(tracklets, tracklets)
+    d = pairwise_distances(tracklets, tracklets, "cosine")
     negatives = [d[i, j] for i in range(len(d)) for j in range(i + 1, len(d))
                  if tracklet_ids[i] != tracklet_ids[j]]
     assert got.tracker_veto == pytest.approx(np.percentile(running, VETO_PERCENTILE))

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from test_video_tracking import colour_crop, majority_ids, run_tracker, walker_box
 
+from reid.evaluation.distance import pairwise_distances
 from reid.video.boxes import iou_matrix
 from reid.video.descriptor import APPEARANCE_THRESHOLDS, describe_crops
 from reid.video.self_calibration import covisible_distances, video_match_threshold
 from reid.video.stitching import StitchConfig, endpoint, merge_tracks, stitch_chains
-from reid.video.tracking import Tracker, TrackerConfig, cosine_distances
+from reid.video.tracking import Tracker, TrackerConfig
 
 
 def test_endpoint_recovers_constant_velocity():
@@ -94,13 +95,22 @@ def test_covisible_distances_against_brute_force():
     rng = np.random.default_rng(0)
     spans = [(0, 10), (5, 20), (21, 30), (30, 40), (50, 60)]
     feats = rng.normal(size=(5, 6))
-    expected = [cosine_distances(feats[[i]], feats[[j]])[0, 0] for i in range(5) for j in range(i + 1, 5)
-                if spans[i][0] <= spans[j][1] and spans[j][0] <= spans[i][1]]
-    np.testing.assert_allclose(np.sort(covisible_distances(spans, feats, metric="cosine")), np.sort(expected),
-                               rtol=1e-5, atol=1e-6)
+    expected = [
+        pairwise_distances(feats[[i]], feats[[j]], "cosine")[0, 0]
+        for i in range(5)
+        for j in range(i + 1, 5)
+        if spans[i][0] <= spans[j][1] and spans[j][0] <= spans[i][1]
+    ]
+    np.testing.assert_allclose(
+        np.sort(covisible_distances(spans, feats, metric="cosine")), np.sort(expected), rtol=1e-5, atol=1e-6
+    )
     # In a euclidean gallery the cap must be in its units: squared distances of the raw features.
-    squared = [np.sum((feats[i] - feats[j]) ** 2) for i in range(5) for j in range(i + 1, 5)
-               if spans[i][0] <= spans[j][1] and spans[j][0] <= spans[i][1]]
+    squared = [
+        np.sum((feats[i] - feats[j]) ** 2)
+        for i in range(5)
+        for j in range(i + 1, 5)
+        if spans[i][0] <= spans[j][1] and spans[j][0] <= spans[i][1]
+    ]
     euclidean = covisible_distances(spans, feats, metric="euclidean")
     np.testing.assert_allclose(np.sort(euclidean), np.sort(squared), rtol=1e-5)
 
@@ -116,8 +126,9 @@ def test_covisible_pairs_whose_boxes_touch_are_not_negatives():
     everything = covisible_distances(spans, feats, metric="cosine")
     apart = covisible_distances(spans, feats, metric="cosine", boxes=boxes)
     assert len(everything) == 3 and len(apart) == 2  # 0-2 left out, 0-1 and 1-2 kept
-    np.testing.assert_allclose(np.sort(apart), np.sort(cosine_distances(feats[[1]], feats[[0, 2]])[0]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.sort(apart), np.sort(pairwise_distances(feats[[1]], feats[[0, 2]], "cosine")[0]), rtol=1e-5
+    )
 
 
 def test_video_threshold_stays_below_the_closest_different_people():

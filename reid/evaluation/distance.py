@@ -1,12 +1,15 @@
-"""Query x gallery distance matrices, chunked so large galleries never need a second full-size temporary."""
+"""The one home of feature distances: query x gallery matrices for evaluation (torch, chunked so large
+galleries never need a second full-size temporary) and small numpy ones for the tracker, the stitcher and the
+gallery. torch is imported only by the torch paths, so the video tools start without it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import torch
 
 from .input_checks import EvaluationInputError, check_features
 
@@ -18,8 +21,26 @@ def l2_normalize(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
+def pairwise_distances(a: np.ndarray, b: np.ndarray, metric: str = "cosine") -> np.ndarray:
+    """(len(a), len(b)) distances of small in-memory feature sets in numpy: the tracker, the stitcher, the
+    gallery and threshold calibration. Same units as :func:`compute_distance_matrix` (``cosine``: 1 - cosine
+    similarity, features need not be normalised; ``euclidean``: squared), clamped to >= 0, computed in the
+    inputs' precision (at least float32)."""
+    dtype = np.result_type(np.asarray(a).dtype, np.asarray(b).dtype, np.float32)
+    a, b = np.asarray(a, dtype=dtype), np.asarray(b, dtype=dtype)
+    if metric == "cosine":
+        dist = 1.0 - l2_normalize(a) @ l2_normalize(b).T
+    elif metric == "euclidean":
+        dist = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    else:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    return np.maximum(dist, 0.0)
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None`` means the GPU when one is present, so evaluation is fast by default and still runs on CPU."""
+    import torch
+
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -41,6 +62,9 @@ def compute_distance_matrix(
     ``device``, ``chunk_size`` query rows at a time. Round-off can make the expanded ||q||^2 + ||g||^2 - 2 q.g
     slightly negative, so results are clamped to >= 0.
     """
+    import torch
+    import torch.nn.functional as F
+
     if metric not in METRICS:
         raise EvaluationInputError(f"metric: expected one of {METRICS}, got {metric!r}")
     if chunk_size < 1:
@@ -76,4 +100,6 @@ def compute_distance_matrix(
 
 
 def _to_float_tensor(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    import torch
+
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(device)

@@ -13,6 +13,9 @@ from collections.abc import Iterator
 import faiss
 import numpy as np
 
+from reid.evaluation import distance
+from reid.evaluation.distance import l2_normalize
+
 METRICS = ("cosine", "euclidean")
 DEFAULT_MATCH_THRESHOLD = {"cosine": 0.35, "euclidean": 0.7}
 """Used until a threshold is calibrated; for L2-normalised features both are the same cut (d_sq = 2 d_cos)."""
@@ -40,20 +43,13 @@ def as_feature_matrix(features: np.ndarray, feature_dim: int, what: str) -> np.n
 
 def prepare(features: np.ndarray, metric: str) -> np.ndarray:
     """Map features into the space where faiss's inner product / L2 gives the gallery distance."""
-    if metric == "euclidean":
-        return np.ascontiguousarray(features, dtype=np.float32)
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    return np.ascontiguousarray(features / np.maximum(norms, 1e-12), dtype=np.float32)
+    features = np.asarray(features, dtype=np.float32)
+    return np.ascontiguousarray(features if metric == "euclidean" else l2_normalize(features))
 
 
 def pairwise_distances(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
-    """(len(a), len(b)) gallery distances between raw features, float32, clamped to be non-negative."""
-    pa, pb = prepare(a, metric), prepare(b, metric)
-    if metric == "cosine":
-        dist = 1.0 - pa @ pb.T
-    else:
-        dist = (pa * pa).sum(1)[:, None] + (pb * pb).sum(1)[None, :] - 2.0 * (pa @ pb.T)
-    return np.maximum(dist, 0.0).astype(np.float32)
+    """(len(a), len(b)) gallery distances between raw features, float32 (reid.evaluation.distance's)."""
+    return distance.pairwise_distances(np.asarray(a, np.float32), np.asarray(b, np.float32), metric)
 
 
 def new_index(feature_dim: int, metric: str) -> faiss.IndexIDMap2:

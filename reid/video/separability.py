@@ -34,8 +34,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from reid.evaluation.distance import pairwise_distances
 from reid.gallery.calibration import calibrate_threshold
-from reid.video.tracking import cosine_distances
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def labelled_pair_distances(features: np.ndarray, ids: np.ndarray, frames: np.nd
         raise ValueError(f"features {features.shape}, ids {ids.shape} and frames {frames.shape} must "
                          "describe the same crops")
     rows, cols = np.triu_indices(len(ids), k=1)
-    dist = cosine_distances(features, features)[rows, cols]
+    dist = pairwise_distances(features, features, "cosine")[rows, cols]
     same = ids[rows] == ids[cols]
     far = np.abs(frames[rows] - frames[cols]) >= min_gap
     return dist[same & far], dist[~same]
@@ -178,7 +178,7 @@ def derive_appearance_thresholds(features: np.ndarray, ids: np.ndarray, frames: 
 def _different_pair_distances(features: np.ndarray, ids: np.ndarray) -> np.ndarray:
     rows, cols = np.triu_indices(len(ids), k=1)
     different = ids[rows] != ids[cols]
-    return cosine_distances(features, features)[rows, cols][different]
+    return pairwise_distances(features, features, "cosine")[rows, cols][different]
 
 
 def image_set_thresholds(features: np.ndarray, pids: np.ndarray, camids: np.ndarray, *, momentum: float,
@@ -211,7 +211,8 @@ def image_set_thresholds(features: np.ndarray, pids: np.ndarray, camids: np.ndar
         tracklets.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
         tracklet_pids.append(pid)
     states_arr, state_pids_arr = np.asarray(states).reshape(-1, features.shape[1]), np.asarray(state_pids)
-    running_negatives = cosine_distances(states_arr, features)[state_pids_arr[:, None] != pids[None, :]]
+    different = state_pids_arr[:, None] != pids[None, :]
+    running_negatives = pairwise_distances(states_arr, features, "cosine")[different]
     tracklet_negatives = _different_pair_distances(
         np.asarray(tracklets).reshape(-1, features.shape[1]), np.asarray(tracklet_pids))
     return _percentile_thresholds(running_negatives, tracklet_negatives)

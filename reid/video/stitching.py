@@ -27,7 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from reid.video.tracking import Track, assign_finite, cosine_distances
+from reid.evaluation.distance import pairwise_distances
+from reid.video.tracking import Track, assign_finite
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ def link_costs(ends: Sequence[Endpoint], starts: Sequence[Endpoint], end_feature
         return cost
     app = np.zeros_like(cost)
     if end_features is not None and start_features is not None:
-        app = cosine_distances(np.asarray(end_features, np.float64), np.asarray(start_features, np.float64))
+        app = pairwise_distances(np.asarray(end_features, np.float64), np.asarray(start_features, np.float64),
+                                 "cosine")
     for i, a in enumerate(ends):
         for j, b in enumerate(starts):
             gap = b.frame - a.frame

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from reid.evaluation.distance import pairwise_distances
 from reid.video.boxes import iou_matrix
 from reid.video.quality import occlusion_fractions
 
@@ -140,13 +141,6 @@ class TrackerStep:
     finished: list[Track]
 
 
-def cosine_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """1 - cosine similarity between rows (features need not be normalised)."""
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return 1.0 - a @ b.T
-
-
 def assign_finite(cost: np.ndarray) -> list[tuple[int, int]]:
     """Hungarian assignment that never returns an infeasible (non-finite) pair."""
     if cost.size == 0:
@@ -172,7 +166,7 @@ class Tracker:
         dist = np.zeros((len(tracks), len(features)))
         known = [i for i, t in enumerate(tracks) if t.feature is not None]
         if known and len(features):
-            dist[known] = cosine_distances(np.stack([tracks[i].feature for i in known]), features)
+            dist[known] = pairwise_distances(np.stack([tracks[i].feature for i in known]), features, "cosine")
         return dist
 
     def step(self, frame_index: int, boxes: np.ndarray | None = None, scores: np.ndarray | None = None,
