@@ -158,19 +158,6 @@ def test_search_is_exact_min_over_entries(tmp_path):
     assert {"video", "camera_id", "frame_index", "timestamp_s", "crop_path", "box_xywh"} <= set(top[0])
 
 
-def test_identity_evidence_lists_best_quality_crops_first(tmp_path):
-    rng = np.random.default_rng(9)
-    with open_store(tmp_path / "g") as store:
-        video = store.register_video("v.avi", camera_id=0, fps=25.0, num_frames=None, width=64, height=64)
-        crops, feature = make_track(rng, unit(rng.normal(size=DIM)), 0, num_crops=4)
-        identity = store.add_track(video, 0, 0, crops, feature).identity_id
-        evidence = store.identity_evidence(identity, limit=3)
-        with pytest.raises(ValueError, match="identity 999 does not exist"):
-            store.identity_evidence(999)
-    assert [e["quality"] for e in evidence] == sorted((c.quality for c in crops), reverse=True)[:3]
-    assert [e["frame_index"] for e in evidence] == [3, 2, 1]
-
-
 def test_euclidean_gallery_uses_squared_distances(tmp_path):
     rng = np.random.default_rng(4)
     with open_store(tmp_path / "g", metric="euclidean", match_threshold=0.0) as store:
