@@ -32,10 +32,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from reid.data.tracklet_crops import TrackCrop, query_gallery_split, select_track_crops
+from reid.data.tracklet_crops import TrackCrop, cut_crops, query_gallery_split, select_track_crops
 from reid.utils.io import atomic_write_json, staged_folder
 from reid.video.mot_io import MotFormatError, read_mot_file
-from reid.video.pipeline import crop_boxes
 from reid.video.reader import VideoReader, VideoSourceError
 from reid.video.visualize import contact_sheet, write_png
 
@@ -60,21 +59,6 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def cut_crops(video: str, crops: list[TrackCrop], last_frame: int) -> dict[TrackCrop, np.ndarray]:
-    """Read the video once and cut every planned crop (BGR)."""
-    wanted: dict[int, list[TrackCrop]] = defaultdict(list)
-    for crop in crops:
-        wanted[crop.frame].append(crop)
-    images = {}
-    with VideoReader(video, max_frames=last_frame + 1) as reader:
-        for frame_index, frame in reader:
-            for crop in wanted.get(frame_index, []):
-                pieces, keep = crop_boxes(frame, np.asarray([crop.box]))
-                if keep[0]:
-                    images[crop] = pieces[0].copy()
-    return images
 
 
 def sheet_rows(crops: list[TrackCrop], images: dict[TrackCrop, np.ndarray], per_row: int):
@@ -153,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.tracks}: no box passes the filters (ids >= 0, height >= {args.min_height}, "
                 f"covered <= {args.max_covered}); check the file belongs to {args.video}"
             )
-        images = cut_crops(args.video, crops, max(c.frame for c in crops))
+        images = cut_crops(args.video, crops)
         crops = [c for c in crops if c in images]
         query, gallery = query_gallery_split(crops, queries_per_segment=args.queries_per_segment)
         if not query:

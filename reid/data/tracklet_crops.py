@@ -15,6 +15,7 @@ clearly visible: tall enough, not mostly covered by another box, and away from s
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from reid.video.mot_io import MotTable
+from reid.video.pipeline import crop_boxes
+from reid.video.reader import VideoReader
 
 
 @dataclass(frozen=True)
@@ -125,3 +128,98 @@ def query_gallery_split(
         query.extend(items[i] for i in sorted(picked))
         gallery.extend(item for i, item in enumerate(items) if i not in picked)
     return query, gallery
+
+
+def cut_crops(video: str, crops: list[TrackCrop]) -> dict[TrackCrop, np.ndarray]:
+    """Read the video once, up to the last frame needed, and cut every planned crop (BGR)."""
+    wanted: dict[int, list[TrackCrop]] = defaultdict(list)
+    for crop in crops:
+        wanted[crop.frame].append(crop)
+    images: dict[TrackCrop, np.ndarray] = {}
+    if not wanted:
+        return images
+    with VideoReader(video, max_frames=max(wanted) + 1) as reader:
+        for frame_index, frame in reader:
+            for crop in wanted.get(frame_index, []):
+                pieces, keep = crop_boxes(frame, np.asarray([crop.box]))
+                if keep[0]:
+                    images[crop] = pieces[0].copy()
+    return images
+
+
+@dataclass(frozen=True)
+class Tracklet:
+    """One confident track as a pseudo-identity: ``label`` (unique over all footage), its ``camera``, the
+    tracker's ``track_id``, the frame span of the whole track and the clear crops kept from it."""
+
+    label: int
+    camera: int
+    track_id: int
+    span: tuple[int, int]
+    crops: tuple[TrackCrop, ...]
+
+
+def mine_tracklets(
+    table: MotTable,
+    *,
+    camera: int,
+    first_label: int = 0,
+    min_crops: int = 8,
+    every: int = 2,
+    min_height: float = 64.0,
+    max_covered: float = 0.3,
+) -> list[Tracklet]:
+    """Tracks of one camera that are long and clean enough to be one person each (tracklet-supervised
+    adaptation, Li, Zhu & Gong, ECCV 2018): at least ``min_crops`` crops that are tall enough and not covered
+    by another box (:func:`select_track_crops`, which drops crops where two people overlap, where tracks
+    swap). Labels run from ``first_label`` in track-id order."""
+    if len(table) == 0:
+        return []
+    num_frames = int(table.frames.max()) + 1
+    crops = select_track_crops(table, num_frames=max(num_frames, 2), segments=2, gap=0, every=every,
+                               min_height=min_height, max_covered=max_covered)  # fmt: skip
+    by_track: dict[int, list[TrackCrop]] = defaultdict(list)
+    for crop in crops:
+        by_track[crop.pid].append(crop)
+    tracklets = []
+    for track_id in sorted(by_track):
+        kept = sorted(by_track[track_id], key=lambda c: c.frame)
+        if len(kept) < min_crops:
+            continue
+        frames = table.frames[table.ids == track_id]
+        label = first_label + len(tracklets)
+        relabelled = tuple(TrackCrop(c.frame, label, 0, c.box) for c in kept)
+        span = (int(frames.min()), int(frames.max()))
+        tracklets.append(Tracklet(label, camera, track_id, span, relabelled))
+    return tracklets
+
+
+def covisible_pairs(tracklets: list[Tracklet]) -> set[tuple[int, int]]:
+    """Label pairs (a < b) of tracklets seen at the same time by the same camera: two people for certain."""
+    pairs = set()
+    for i, a in enumerate(tracklets):
+        for b in tracklets[i + 1 :]:
+            if a.camera == b.camera and a.span[0] <= b.span[1] and b.span[0] <= a.span[1]:
+                pairs.add((min(a.label, b.label), max(a.label, b.label)))
+    return pairs
+
+
+def covisible_groups(
+    labels: list[int], pairs: set[tuple[int, int]], size: int, rng: random.Random
+) -> list[int] | None:
+    """A random group of up to ``size`` labels that are pairwise co-visible (so every pair is a certain
+    negative), grown greedily from a random anchor; None when the anchor has no co-visible partner."""
+    neighbours: dict[int, set[int]] = defaultdict(set)
+    for a, b in pairs:
+        neighbours[a].add(b)
+        neighbours[b].add(a)
+    anchor = rng.choice(labels)
+    group = [anchor]
+    candidates = sorted(neighbours[anchor] & set(labels))
+    rng.shuffle(candidates)
+    for label in candidates:
+        if len(group) == size:
+            break
+        if all(label in neighbours[member] for member in group):
+            group.append(label)
+    return group if len(group) >= 2 else None

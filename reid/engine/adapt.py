@@ -1,0 +1,242 @@
+"""Fine-tune a re-ID model on a site's own tracklets, without labels (tracklet-supervised adaptation).
+
+Supervision that footage gives for free (TAUDL, Li, Zhu & Gong, ECCV 2018): the crops of one clean track are
+one person, and tracks seen at the same time by the same camera are different people. Each step draws a
+group of pairwise co-visible tracklets (so every negative in the batch is certain) and K crops of each, and
+minimises the project's batch-hard triplet loss over them. Two guards against drifting away from what the
+model knew: a distillation term that keeps the L2-normalised retrieval feature near the starting model's
+(cosine distance to a cached teacher feature of the same crop), and early stopping on held-out tracklets,
+scored by how well same-tracklet pairs are separated from co-visible pairs (ROC AUC); the best state wins.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from reid.data.tracklet_crops import Tracklet, covisible_groups, covisible_pairs
+from reid.evaluation.distance import pairwise_distances
+from reid.extraction import test_transform, to_rgb
+from reid.losses import TripletLoss
+from reid.video.separability import roc_auc
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class AdaptSettings:
+    """The knobs of :func:`adapt_model`; saved beside every adaptation's outputs."""
+
+    steps: int = 200
+    groups_per_batch: int = 8  # P: pairwise co-visible tracklets per batch
+    crops_per_tracklet: int = 4  # K
+    lr: float = 1e-5
+    weight_decay: float = 5e-4
+    margin: float = 0.3
+    distill_weight: float = 1.0
+    held_out_fraction: float = 0.2
+    eval_every: int = 25
+    seed: int = 0
+
+
+@dataclass
+class AdaptResult:
+    """What happened: losses and held-out separation (ROC AUC of same-tracklet vs co-visible pairs)."""
+
+    steps_run: int
+    best_step: int
+    training_tracklets: int
+    held_out_tracklets: int
+    held_out_auc_before: float
+    held_out_auc_best: float
+    triplet_before: float
+    triplet_after: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def split_tracklets(tracklets: list[Tracklet], fraction: float, seed: int) -> tuple[list, list]:
+    """(training, held-out) tracklets, a seeded choice of whole tracklets."""
+    order = list(range(len(tracklets)))
+    random.Random(seed).shuffle(order)
+    count = int(round(fraction * len(tracklets))) if len(tracklets) >= 5 else 0
+    held = set(order[:count])
+    return [t for i, t in enumerate(tracklets) if i not in held], [
+        t for i, t in enumerate(tracklets) if i in held
+    ]
+
+
+class _CropTensors:
+    """Preprocessed crops of the tracklets, indexed by (label, position)."""
+
+    def __init__(self, tracklets: list[Tracklet], images: dict, info: dict[str, Any]) -> None:
+        transform = test_transform(info["input_size"], info["mean"], info["std"])
+        self.by_label = {
+            t.label: torch.stack([transform(to_rgb(images[c], "bgr")) for c in t.crops if c in images])
+            for t in tracklets
+        }
+
+
+def _features(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
+    """L2-normalised retrieval features in eval mode (what galleries compare)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        out = F.normalize(model(batch).float(), dim=1)
+    model.train(was_training)
+    return out
+
+
+def held_out_auc(model: torch.nn.Module, crops: _CropTensors, tracklets: list[Tracklet], pairs: set) -> float:
+    """ROC AUC of same-tracklet distances against co-visible (different-person) distances; nan if either
+    kind is missing."""
+    labels = [t.label for t in tracklets]
+    if len(labels) < 2:
+        return float("nan")
+    feats = {label: _features(model, crops.by_label[label]).numpy() for label in labels}
+    positives, negatives = [], []
+    for label in labels:
+        d = pairwise_distances(feats[label], feats[label], "cosine")
+        positives.append(d[np.triu_indices(len(d), k=1)])
+    for a, b in pairs:
+        if a in feats and b in feats:
+            negatives.append(pairwise_distances(feats[a], feats[b], "cosine").ravel())
+    if not negatives or not any(len(p) for p in positives):
+        return float("nan")
+    return roc_auc(np.concatenate(positives), np.concatenate(negatives))
+
+
+def _batch(
+    crops: _CropTensors, group: Sequence[int], k: int, rng: random.Random
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+    """K crops of each tracklet of ``group``: (images, randomly mirrored images, labels, (label, index))."""
+    images, labels, flips, where = [], [], [], []
+    for label in group:
+        count = len(crops.by_label[label])
+        picks = rng.sample(range(count), k) if count >= k else rng.choices(range(count), k=k)
+        for index in picks:
+            images.append(crops.by_label[label][index])
+            labels.append(label)
+            flips.append(rng.random() < 0.5)
+            where.append((label, index))
+    batch = torch.stack(images)
+    flipped = torch.where(torch.tensor(flips)[:, None, None, None], batch.flip(dims=[3]), batch)
+    return batch, flipped, torch.tensor(labels), where
+
+
+def triplet_on_groups(
+    model: torch.nn.Module, crops: _CropTensors, groups: list[list[int]], k: int, margin: float, seed: int
+) -> float:
+    """Mean batch-hard triplet loss of ``model`` (eval mode, no gradient) over fixed groups: the before/after
+    measure on the mined tracklets."""
+    loss = TripletLoss(margin)
+    rng = random.Random(seed)
+    values = []
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for group in groups:
+            batch, _, labels, _ = _batch(crops, group, k, rng)
+            values.append(float(loss(model(batch).float(), labels)))
+    model.train(was_training)
+    return float(np.mean(values)) if values else float("nan")
+
+
+def adapt_model(
+    model: torch.nn.Module,
+    tracklets: list[Tracklet],
+    images: dict,
+    info: dict[str, Any],
+    settings: AdaptSettings,
+) -> AdaptResult:
+    """Fine-tune ``model`` (a :class:`reid.models.ReIDModel`, changed in place to its best held-out state)
+    on ``tracklets`` whose crops are in ``images``."""
+    torch.manual_seed(settings.seed)
+    rng = random.Random(settings.seed)
+    train_set, held_set = split_tracklets(tracklets, settings.held_out_fraction, settings.seed)
+    pairs = covisible_pairs(tracklets)
+    train_labels = [t.label for t in train_set]
+    train_pairs = {p for p in pairs if p[0] in set(train_labels) and p[1] in set(train_labels)}
+    if not train_pairs:
+        raise ValueError(
+            f"no two of the {len(train_set)} training tracklets are seen at the same time: there is no "
+            "certain negative to learn from (more footage, or lower --min-crops)"
+        )
+    crops = _CropTensors(tracklets, images, info)
+    teacher = {label: _features(model, stack) for label, stack in crops.by_label.items()}
+    fixed_groups = [
+        g
+        for g in (
+            covisible_groups(
+                train_labels, train_pairs, settings.groups_per_batch, random.Random(settings.seed + 1 + i)
+            )
+            for i in range(10)
+        )
+        if g
+    ]
+    triplet_before = triplet_on_groups(
+        model, crops, fixed_groups, settings.crops_per_tracklet, settings.margin, settings.seed
+    )
+    auc_before = held_out_auc(model, crops, held_set, pairs)
+    best_auc, best_step, best_state = auc_before, 0, copy.deepcopy(model.state_dict())
+    triplet = TripletLoss(settings.margin)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    history = []
+    model.train()
+    for step in tqdm(range(1, settings.steps + 1), desc="adapting", unit="step"):
+        group = None
+        while group is None:
+            group = covisible_groups(train_labels, train_pairs, settings.groups_per_batch, rng)
+        _, batch, labels, where = _batch(crops, group, settings.crops_per_tracklet, rng)
+        out = model(batch)
+        loss_triplet = triplet(out["feat"].float(), labels)
+        # the teacher's feature of the same (unmirrored) crop: a re-ID feature barely changes with mirroring
+        target = torch.stack([teacher[label][index] for label, index in where])
+        student = F.normalize(out["feat_bn"].float(), dim=1)
+        loss_distill = (1.0 - (student * target).sum(dim=1)).mean()
+        loss = loss_triplet + settings.distill_weight * loss_distill
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        record = {"step": step, "triplet": loss_triplet.item(), "distill": loss_distill.item()}
+        if step % settings.eval_every == 0 or step == settings.steps:
+            record["held_out_auc"] = held_out_auc(model, crops, held_set, pairs)
+            if not np.isnan(record["held_out_auc"]) and (
+                np.isnan(best_auc) or record["held_out_auc"] > best_auc
+            ):
+                best_auc, best_step, best_state = (
+                    record["held_out_auc"],
+                    step,
+                    copy.deepcopy(model.state_dict()),
+                )
+            logger.info("step %d: %s", step, record)
+        history.append(record)
+    if held_set and best_step < settings.steps:
+        model.load_state_dict(best_state)  # early stopping: the best held-out separation
+    model.eval()
+    triplet_after = triplet_on_groups(
+        model, crops, fixed_groups, settings.crops_per_tracklet, settings.margin, settings.seed
+    )
+    return AdaptResult(
+        settings.steps,
+        best_step if held_set else settings.steps,
+        len(train_set),
+        len(held_set),
+        auc_before,
+        best_auc,
+        triplet_before,
+        triplet_after,
+        history,
+    )

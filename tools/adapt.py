@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""Adapt the re-ID model to your cameras without labels: fine-tune it on the footage's own tracklets.
+
+    # 1. point the pipeline at your cameras (any model); it writes tracks.txt per video
+    python tools/demo_video.py cam1.mp4 --camera-id 1 --gallery g --output runs/cam1
+    # 2. adapt (minutes on a CPU); the new model is runs/adapt/site/model.pt
+    python tools/adapt.py cam1.mp4 --tracks runs/cam1/tracks.txt --out runs/adapt/site
+    # 3. rebuild the gallery with it (a gallery of the old model refuses the new one)
+    python tools/demo_video.py cam1.mp4 --camera-id 1 --gallery g_adapted \\
+        --checkpoint runs/adapt/site/model.pt
+
+What it learns from (see reid/engine/adapt.py): each long, clean track is one pseudo-identity; tracks seen at
+the same time by the same camera are certainly different people, and every training batch is made of such
+co-visible tracks. The batch-hard triplet loss pulls a track's crops together and pushes co-visible tracks
+apart; a distillation term keeps features near the starting model's, and the best state on held-out tracks
+wins (early stopping). Give several videos (each with its tracks) to adapt to several cameras at once.
+
+Writes into --out: model.pt (loads wherever a checkpoint does; its model name differs from the source's),
+model_card.md, adapt.json (settings, tracklets used, losses, held-out separation before/after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+from reid.data.tracklet_crops import covisible_pairs, cut_crops, mine_tracklets
+from reid.engine.adapt import AdaptSettings, adapt_model
+from reid.models.checkpoint import CheckpointError, load_retrieval_model, retrieval_state_dict, with_checksum
+from reid.shipped import DEFAULT_MODEL, SHIPPED_CHECKPOINT
+from reid.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, staged_folder
+from reid.video.mot_io import MotFormatError, read_mot_file
+from reid.video.reader import VideoSourceError
+
+OUTPUT_NAMES = frozenset({"model.pt", "model_card.md", "adapt.json"})
+logger = logging.getLogger("adapt")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("footage", nargs="+", help="video file(s), one camera each")
+    parser.add_argument("--tracks", nargs="+", required=True, help="one MOTChallenge tracks.txt per video")
+    parser.add_argument(
+        "--from",
+        dest="source",
+        default=DEFAULT_MODEL,
+        help=f"model to start from: a .pt checkpoint (default: the shipped {SHIPPED_CHECKPOINT.name})",
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, help="folder for model.pt, model_card.md, adapt.json"
+    )
+    parser.add_argument("--min-crops", type=int, default=8, help="clear crops a track needs to be used")
+    parser.add_argument("--every", type=int, default=2, help="keep every K-th frame of a track")
+    parser.add_argument("--min-height", type=float, default=64.0, help="smallest crop height, pixels")
+    defaults = AdaptSettings()
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--distill-weight", type=float, default=defaults.distill_weight)
+    parser.add_argument(
+        "--held-out",
+        type=float,
+        default=defaults.held_out_fraction,
+        help="fraction of tracks held out for early stopping",
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    args = parser.parse_args(argv)
+    if len(args.tracks) != len(args.footage):
+        parser.error(
+            f"--tracks needs one file per video: {len(args.footage)} videos, {len(args.tracks)} files"
+        )
+    if args.steps < 1 or args.lr <= 0 or not 0 <= args.held_out < 1:
+        parser.error("--steps must be >= 1, --lr > 0 and --held-out in [0, 1)")
+    return args
+
+
+def model_card(adapt: dict) -> str:
+    result = adapt["result"]
+    lines = [
+        f"# {adapt['model_name']}: adapted to {len(adapt['footage'])} camera(s) without labels",
+        "",
+        f"- **Source model.** `{adapt['source']}` ({adapt['source_model_name']}).",
+        "- **Footage.** "
+        + "; ".join(
+            f"`{f['video']}` (sha256 {f['video_sha256'][:12]}..., tracks `{f['tracks']}`)"
+            for f in adapt["footage"]
+        )
+        + ".",
+        f"- **Tracks used.** {adapt['tracklets']} tracklets ({adapt['crops']} crops), "
+        f"{adapt['covisible_pairs']} co-visible pairs; {result['held_out_tracklets']} held out.",
+        f"- **Training.** {result['steps_run']} steps, best held-out state at step {result['best_step']}; "
+        f"settings in adapt.json.",
+        f"- **Figures.** Held-out separation (ROC AUC, same track vs co-visible tracks): "
+        f"{result['held_out_auc_before']:.3f} before, {result['held_out_auc_best']:.3f} after. Triplet loss "
+        f"on the mined tracklets: {result['triplet_before']:.3f} before, "
+        f"{result['triplet_after']:.3f} after.",
+        "- **Video gates.** Inherited from the source model (calibrated on its held-out identities); "
+        "re-calibrate with `tools/calibrate_threshold.py --write-thresholds` where labelled people are "
+        "at hand.",
+        "- **Terms.** Those of the source model's training data apply to this model too.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    source = SHIPPED_CHECKPOINT if args.source == DEFAULT_MODEL else Path(args.source)
+    try:
+        if source.suffix.lower() == ".onnx":
+            raise ValueError(f"--from {source}: an ONNX export cannot be trained; give its .pt checkpoint")
+        model, info = load_retrieval_model(source)
+        tracklets, images, footage = [], {}, []
+        for camera, (video, tracks) in enumerate(zip(args.footage, args.tracks, strict=True)):
+            mined = mine_tracklets(
+                read_mot_file(tracks),
+                camera=camera,
+                first_label=len(tracklets),
+                min_crops=args.min_crops,
+                every=args.every,
+                min_height=args.min_height,
+            )
+            images.update(cut_crops(video, [c for t in mined for c in t.crops]))
+            tracklets += mined
+            footage.append(
+                {
+                    "video": str(video),
+                    "video_sha256": sha256_of(Path(video)),
+                    "tracks": str(tracks),
+                    "tracklets": len(mined),
+                }
+            )
+            logger.info("%s: %d usable tracklets", video, len(mined))
+        if len(tracklets) < 2:
+            raise ValueError(
+                f"only {len(tracklets)} track(s) are long and clean enough (--min-crops "
+                f"{args.min_crops}); adapt needs several people seen at the same time"
+            )
+        settings = AdaptSettings(
+            steps=args.steps,
+            lr=args.lr,
+            distill_weight=args.distill_weight,
+            held_out_fraction=args.held_out,
+            seed=args.seed,
+        )
+        result = adapt_model(model, tracklets, images, info, settings)
+        state = {k: v.float() for k, v in retrieval_state_dict(model).items()}
+        payload = with_checksum(
+            {
+                "model": state,
+                "config": info["config"],
+                "num_classes": info["num_classes"],
+                "epoch": info["epoch"],
+                "appearance_thresholds": info["appearance_thresholds"],
+            }
+        )
+        with staged_folder(args.out, OUTPUT_NAMES) as staging:
+            atomic_torch_save(payload, staging / "model.pt")
+            _, adapted = load_retrieval_model(staging / "model.pt")  # proves it loads; gives its name
+            adapt = {
+                "model_name": adapted["model_name"],
+                "source": str(source),
+                "source_model_name": info["model_name"],
+                "footage": footage,
+                "tracklets": len(tracklets),
+                "crops": sum(len(t.crops) for t in tracklets),
+                "covisible_pairs": len(covisible_pairs(tracklets)),
+                "settings": vars(settings),
+                "mining": {"min_crops": args.min_crops, "every": args.every, "min_height": args.min_height},
+                "result": result.as_dict(),
+            }
+            atomic_write_json(staging / "adapt.json", adapt)
+            atomic_write_text(staging / "model_card.md", model_card(adapt))
+    except (OSError, ValueError, CheckpointError, MotFormatError, VideoSourceError) as err:
+        print(f"adapt: error: {err}", file=sys.stderr)
+        return 2
+    summary = {
+        k: adapt["result"][k]
+        for k in ("held_out_auc_before", "held_out_auc_best", "triplet_before", "triplet_after", "best_step")
+    }
+    print(json.dumps({"model": str(args.out / "model.pt"), "model_name": adapt["model_name"], **summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
