@@ -35,3 +35,19 @@ def small_checkpoint(tmp_path_factory):
         return path
 
     return make
+
+
+@pytest.fixture
+def load_tool():
+    """``load_tool(name) -> module``: a script of tools/ imported as a module, to call its ``main(argv)``."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"tool_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

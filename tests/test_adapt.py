@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -18,7 +17,6 @@ from reid.gallery.store import GalleryStore
 from reid.models import load_retrieval_model
 from reid.video.mot_io import MotTable, write_mot_results
 
-ROOT = Path(__file__).resolve().parents[1]
 # (colour of the jacket, colour of the trousers, row, first frame, last frame): four people, some co-visible
 PEOPLE = {
     1: ((0, 0, 220), (40, 40, 40), 10, 0, 39),
@@ -119,12 +117,10 @@ def _rows(folder: Path) -> list[tuple]:
 
 
 def test_adapt_tool_writes_a_loadable_model_that_an_old_gallery_refuses(
-    clip, small_checkpoint, tmp_path, capsys
+    clip, small_checkpoint, tmp_path, capsys, load_tool
 ):
     checkpoint = small_checkpoint(seed=2)
-    spec = importlib.util.spec_from_file_location("adapt_tool", ROOT / "tools" / "adapt.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("adapt")
     out = tmp_path / "adapted"
     argv = [str(clip / "cam.avi"), "--tracks", str(clip / "tracks.txt"), "--from", str(checkpoint),
             "--out", str(out), "--steps", "4", "--lr", "1e-3", "--held-out", "0"]  # fmt: skip

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,17 +11,8 @@ import torch
 from reid import extraction
 from reid.models import load_retrieval_model
 
-ROOT = Path(__file__).resolve().parents[1]
 
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_attention_figure_shows_the_models_own_maps(tmp_path, small_checkpoint, capsys):
+def test_attention_figure_shows_the_models_own_maps(tmp_path, small_checkpoint, capsys, load_tool):
     checkpoint = small_checkpoint(gdfl=True)
     rng = np.random.default_rng(0)
     paths = []
@@ -49,7 +38,7 @@ def test_attention_figure_shows_the_models_own_maps(tmp_path, small_checkpoint, 
     assert "has no GDFL attention" in capsys.readouterr().err and not (tmp_path / "b.png").exists()
 
 
-def test_training_curve_uses_step_records_when_the_run_has_them(tmp_path, capsys):
+def test_training_curve_uses_step_records_when_the_run_has_them(tmp_path, capsys, load_tool):
     tool = load_tool("plot_training")
     run = tmp_path / "run"
     run.mkdir()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -19,15 +18,6 @@ from reid.data.tracklet_crops import (
 )
 from reid.evaluation.features_file import load_features
 from reid.video.mot_io import MotTable, write_mot_results
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def reference_covered(boxes: np.ndarray) -> list[float]:
@@ -107,7 +97,9 @@ def write_clip(path: Path, num_frames: int) -> list[tuple[int, int, float, float
     return rows
 
 
-def test_tool_writes_a_market_style_test_set_that_extract_features_reads(tmp_path, small_checkpoint, capsys):
+def test_tool_writes_a_market_style_test_set_that_extract_features_reads(
+    tmp_path, small_checkpoint, capsys, load_tool
+):
     video, tracks = tmp_path / "clip.avi", tmp_path / "tracks.txt"
     write_mot_results(tracks, [(f, i, x, y, w, h, 1.0) for f, i, x, y, w, h in write_clip(video, 48)])
     out = tmp_path / "crops"

@@ -22,7 +22,6 @@ model_card.md, adapt.json (settings, tracklets used, losses, held-out separation
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -32,20 +31,12 @@ from reid.data.tracklet_crops import covisible_pairs, cut_crops, mine_tracklets
 from reid.engine.adapt import AdaptSettings, adapt_model
 from reid.models.checkpoint import CheckpointError, load_retrieval_model, retrieval_state_dict, with_checksum
 from reid.shipped import DEFAULT_MODEL, SHIPPED_CHECKPOINT
-from reid.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, staged_folder
+from reid.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256, staged_folder
 from reid.video.mot_io import MotFormatError, read_mot_file
 from reid.video.reader import VideoSourceError
 
 OUTPUT_NAMES = frozenset({"model.pt", "model_card.md", "adapt.json"})
 logger = logging.getLogger("adapt")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -139,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             footage.append(
                 {
                     "video": str(video),
-                    "video_sha256": sha256_of(Path(video)),
+                    "video_sha256": file_sha256(Path(video)),
                     "tracks": str(tracks),
                     "tracklets": len(mined),
                 }

@@ -23,7 +23,6 @@ labelled with their segments), and ``manifest.json`` (source, settings, counts).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from collections import defaultdict
@@ -33,7 +32,7 @@ import cv2
 import numpy as np
 
 from reid.data.tracklet_crops import TrackCrop, cut_crops, query_gallery_split, select_track_crops
-from reid.utils.io import atomic_write_json, staged_folder
+from reid.utils.io import atomic_write_json, file_sha256, staged_folder
 from reid.video.mot_io import MotFormatError, read_mot_file
 from reid.video.reader import VideoReader, VideoSourceError
 from reid.video.visualize import contact_sheet, write_png
@@ -51,14 +50,6 @@ def parse_pairs(values: list[str]) -> dict[int, int]:
             )
         pairs[int(source)] = int(target)
     return pairs
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sheet_rows(crops: list[TrackCrop], images: dict[TrackCrop, np.ndarray], per_row: int):
@@ -157,9 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             manifest = {
                 "video": str(args.video),
-                "video_sha256": sha256_of(Path(args.video)),
+                "video_sha256": file_sha256(Path(args.video)),
                 "tracks": str(args.tracks),
-                "tracks_sha256": sha256_of(Path(args.tracks)),
+                "tracks_sha256": file_sha256(Path(args.tracks)),
                 "num_frames": num_frames,
                 "settings": {
                     k: getattr(args, k)
