@@ -48,10 +48,12 @@ def build_loss_optimizer(criterion: nn.Module, loss_cfg: dict[str, Any]) -> torc
     return torch.optim.SGD(params, lr=float(loss_cfg["center"]["lr"]), weight_decay=0.0)
 
 
-class WarmupLRSchedule:
-    """Per-iteration linear warm-up followed by a step or cosine schedule (see module docstring).
+class WarmupLRSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """Per-iteration linear warm-up followed by a step or cosine schedule (see module docstring): torch's
+    ``LambdaLR`` driven by :meth:`factor`, stepped once per iteration.
 
-    The factor is a pure function of the global step, so resuming only needs ``last_step``.
+    The factor is a pure function of the global step, so resuming needs only the scheduler's step count,
+    which ``LambdaLR``'s own ``state_dict`` carries.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, solver_cfg: dict[str, Any], iters_per_epoch: int):
@@ -62,16 +64,18 @@ class WarmupLRSchedule:
             raise ValueError(
                 f"solver.scheduler must be one of {SUPPORTED_SCHEDULERS}, got {solver_cfg['scheduler']!r}"
             )
-        self.optimizer = optimizer
         self.iters_per_epoch = int(iters_per_epoch)
         self.epochs = int(solver_cfg["epochs"])
         self.warmup_epochs = float(solver_cfg["warmup_epochs"])
         self.warmup_factor = float(solver_cfg["warmup_factor"])
         self.milestones = sorted(int(m) for m in solver_cfg["milestones"])
         self.gamma = float(solver_cfg["gamma"])
-        self.base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
-        self.last_step = 0
-        self._apply()
+        super().__init__(optimizer, lr_lambda=self.factor)
+
+    @property
+    def last_step(self) -> int:
+        """Iterations taken so far (``LambdaLR``'s ``last_epoch`` counts calls to ``step``)."""
+        return self.last_epoch
 
     def factor(self, step: int) -> float:
         """Multiplier of the base learning rate at global iteration ``step``."""
@@ -84,24 +88,3 @@ class WarmupLRSchedule:
         decay_span = max(self.epochs - self.warmup_epochs, 1e-12)
         progress = min(max(epoch - self.warmup_epochs, 0.0) / decay_span, 1.0)
         return warmup * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    def _apply(self) -> None:
-        factor = self.factor(self.last_step)
-        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-            group["lr"] = base_lr * factor
-
-    def step(self) -> None:
-        """Advance one iteration (call after ``optimizer.step()``)."""
-        self.last_step += 1
-        self._apply()
-
-    def get_last_lr(self) -> list[float]:
-        return [float(group["lr"]) for group in self.optimizer.param_groups]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"last_step": self.last_step, "base_lrs": list(self.base_lrs)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.last_step = int(state["last_step"])
-        self.base_lrs = [float(lr) for lr in state["base_lrs"]]
-        self._apply()
