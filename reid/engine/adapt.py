@@ -46,6 +46,9 @@ class AdaptSettings:
     held_out_fraction: float = 0.2
     eval_every: int = 25
     seed: int = 0
+    # keep batch-norm statistics at the source model's: re-estimating them on one site's crops (AdaBN-style)
+    # shifts every feature of the source domain (measured: CUHK03 mAP 57.4 -> 16.9 after 125 steps on vtest)
+    freeze_bn: bool = True
 
 
 @dataclass
@@ -64,6 +67,14 @@ class AdaptResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _train_mode(model: torch.nn.Module, freeze_bn: bool) -> None:
+    model.train()
+    if freeze_bn:
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
 
 
 def split_tracklets(tracklets: list[Tracklet], fraction: float, seed: int) -> tuple[list, list]:
@@ -90,11 +101,12 @@ class _CropTensors:
 
 def _features(model: torch.nn.Module, batch: torch.Tensor) -> torch.Tensor:
     """L2-normalised retrieval features in eval mode (what galleries compare)."""
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}
     model.eval()
     with torch.no_grad():
         out = F.normalize(model(batch).float(), dim=1)
-    model.train(was_training)
+    for module, mode in modes.items():
+        module.training = mode
     return out
 
 
@@ -143,13 +155,14 @@ def triplet_on_groups(
     loss = TripletLoss(margin)
     rng = random.Random(seed)
     values = []
-    was_training = model.training
+    modes = {module: module.training for module in model.modules()}
     model.eval()
     with torch.no_grad():
         for group in groups:
             batch, _, labels, _ = _batch(crops, group, k, rng)
             values.append(float(loss(model(batch).float(), labels)))
-    model.train(was_training)
+    for module, mode in modes.items():
+        module.training = mode
     return float(np.mean(values)) if values else float("nan")
 
 
@@ -194,7 +207,7 @@ def adapt_model(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
     history = []
-    model.train()
+    _train_mode(model, settings.freeze_bn)
     for step in tqdm(range(1, settings.steps + 1), desc="adapting", unit="step"):
         group = None
         while group is None:
