@@ -69,7 +69,8 @@ def test_a_report_replaced_in_place_keeps_the_feature_file_it_was_read_from(tmp_
     out.mkdir()
     written = write_feature_file(out / "features.npz")
     for _ in range(2):
-        assert load_tool().main(["--features", str(out / "features.npz"), "--output", str(out)]) == 0
+        argv = ["--features", str(out / "features.npz"), "--output", str(out), "--num-queries", "2"]
+        assert load_tool().main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted([*REPORT_FILES, "features.npz"])
     kept = load_features(out / "features.npz")
     np.testing.assert_array_equal(kept.gallery_features, written.gallery_features)
@@ -85,6 +86,8 @@ def test_command_line_entry_point(tmp_path):
         str(tmp_path / "feats.npz"),
         "--output",
         str(tmp_path / "r"),
+        "--num-queries",
+        "2",
     ]
     completed = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
@@ -132,7 +135,8 @@ def test_checkpoint_mode_extracts_evaluates_and_saves_features(tmp_path, capsys)
         {"model": model.state_dict(), "config": config, "num_classes": 2, "epoch": 1}, checkpoint
     )
     out = tmp_path / "report"
-    assert load_tool().main(["--checkpoint", str(checkpoint), "--output", str(out), "--device", "cpu"]) == 0
+    argv = ["--checkpoint", str(checkpoint), "--output", str(out), "--device", "cpu", "--num-queries", "2"]
+    assert load_tool().main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted([*REPORT_FILES, "features.npz"])
     saved = load_features(out / "features.npz")
     assert all(Path(p).is_file() for p in (*saved.query_paths, *saved.gallery_paths))
@@ -145,7 +149,8 @@ def test_checkpoint_mode_extracts_evaluates_and_saves_features(tmp_path, capsys)
     # One corrupt query image: named, with the key that skips it; with data.skip_corrupt it is left out.
     bad = Path(saved.query_paths[1])
     bad.write_bytes(b"not a jpeg")
-    argv = ["--checkpoint", str(checkpoint), "--output", str(tmp_path / "r2"), "--device", "cpu"]
+    argv = ["--checkpoint", str(checkpoint), "--output", str(tmp_path / "r2"), "--device", "cpu",
+            "--num-queries", "2"]  # fmt: skip
     assert load_tool().main(argv) == 2
     err = capsys.readouterr().err
     assert bad.name in err and "data.skip_corrupt=true" in err and len(err.strip().splitlines()) == 1
