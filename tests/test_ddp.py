@@ -20,7 +20,7 @@ import torch
 from reid.config import load_config
 from reid.data import build_dataset
 from reid.data.loaders import build_train_loader
-from reid.engine import WarmupLRSchedule, build_optimizer, read_metrics, seed_everything
+from reid.engine import WarmupLRSchedule, build_loss_optimizer, build_optimizer, read_metrics, seed_everything
 from reid.losses import build_criterion
 from reid.models import build_model
 
@@ -47,6 +47,7 @@ def _overrides(data_root: Path) -> list[str]:
         "model.adversary.enabled=true",
         "model.adversary.hidden=[16]",
         "model.adversary.dropout=0.0",  # dropout draws per-rank random numbers the reference cannot replay
+        "loss.center.weight=0.0005",  # centres: outside the DDP wrapper, averaged by hand
         "solver.optimizer=sgd",  # SGD keeps tiny float differences tiny (Adam would rescale them)
         "solver.base_lr=0.05",
         "solver.epochs=2",
@@ -66,6 +67,8 @@ def _reference_parameters(cfg: dict, *, use_both_halves: bool) -> dict[str, torc
     model = build_model(cfg["model"], dataset.num_train_pids)
     criterion = build_criterion(cfg["loss"], dataset.num_train_pids, model.feature_dim)
     optimizer = build_optimizer(model, cfg["solver"])
+    loss_optimizer = build_loss_optimizer(criterion, cfg["loss"])
+    centres = [p for p in criterion.parameters() if p.requires_grad]
     iters = min(len(loaders[0]), int(cfg["solver"]["max_iters_per_epoch"]))
     schedule = WarmupLRSchedule(optimizer, cfg["solver"], iters)
     epochs = int(cfg["solver"]["epochs"])
@@ -82,16 +85,20 @@ def _reference_parameters(cfg: dict, *, use_both_halves: bool) -> dict[str, torc
             grads = []
             for batch in batches if use_both_halves else batches[:1]:
                 model.zero_grad(set_to_none=True)
+                criterion.zero_grad(set_to_none=True)
                 loss, _ = criterion(model(batch["images"]), batch["pids"])
                 loss.backward()
-                grads.append([p.grad.clone() for p in params])
-            for param, *per_rank in zip(params, *grads, strict=True):
+                grads.append([p.grad.clone() for p in params + centres])
+            for param, *per_rank in zip(params + centres, *grads, strict=True):
                 param.grad = torch.stack(per_rank).mean(0)
             torch.nn.utils.clip_grad_norm_(params, float(cfg["solver"]["grad_clip"]))
             optimizer.step()
+            loss_optimizer.step()
             schedule.step()
             step += 1
-    return {name: p.detach() for name, p in model.named_parameters()}
+    state = {name: p.detach() for name, p in model.named_parameters()}
+    state.update({f"criterion.{name}": p.detach() for name, p in criterion.named_parameters()})
+    return state
 
 
 def test_torchrun_two_gloo_ranks_equal_gradient_averaged_reference(tmp_path):
@@ -117,8 +124,10 @@ def test_torchrun_two_gloo_ranks_equal_gradient_averaged_reference(tmp_path):
     torch.set_num_threads(1)
     reference = _reference_parameters(cfg, use_both_halves=True)
     rank0_only = _reference_parameters(cfg, use_both_halves=False)
-    worst_right = max((checkpoint["model"][k] - v).abs().max().item() for k, v in reference.items())
-    worst_wrong = max((checkpoint["model"][k] - v).abs().max().item() for k, v in rank0_only.items())
+    saved = {**checkpoint["model"], **{f"criterion.{k}": v for k, v in checkpoint["criterion"].items()}}
+    assert any(k.startswith("criterion.") for k in reference)  # the center-loss centres are compared too
+    worst_right = max((saved[k] - v).abs().max().item() for k, v in reference.items())
+    worst_wrong = max((saved[k] - v).abs().max().item() for k, v in rank0_only.items())
     print(f"max |DDP - reference| = {worst_right:.3g}, max |DDP - rank-0-only| = {worst_wrong:.3g}")
     assert worst_right < 1e-4, worst_right
     assert worst_wrong > 100 * max(worst_right, 1e-7), (worst_wrong, worst_right)
