@@ -32,52 +32,52 @@ from reid.models.config import dataclass_from_mapping
 
 @dataclasses.dataclass(frozen=True)
 class IDLossConfig:
-    weight: float = 1.0
-    label_smoothing: float = 0.1
+    weight: float
+    label_smoothing: float
 
 
 @dataclasses.dataclass(frozen=True)
 class TripletConfig:
-    weight: float = 1.0
-    margin: float = 0.3
-    soft_margin: bool = False
+    weight: float
+    margin: float
+    soft_margin: bool
 
 
 @dataclasses.dataclass(frozen=True)
 class CenterConfig:
-    weight: float = 0.0
-    lr: float = 0.5
+    weight: float
+    lr: float
 
 
 @dataclasses.dataclass(frozen=True)
 class MultiSimilarityConfig:
-    weight: float = 0.0
-    alpha: float = 2.0
-    beta: float = 50.0
-    base: float = 0.5
-    epsilon: float = 0.1
+    weight: float
+    alpha: float
+    beta: float
+    base: float
+    epsilon: float
 
 
 @dataclasses.dataclass(frozen=True)
 class CircleConfig:
-    weight: float = 0.0
-    margin: float = 0.25
-    gamma: float = 64.0
+    weight: float
+    margin: float
+    gamma: float
 
 
 @dataclasses.dataclass(frozen=True)
 class AdversaryLossConfig:
-    weight: float = 1.0
+    weight: float
 
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-    id: IDLossConfig = dataclasses.field(default_factory=IDLossConfig)
-    triplet: TripletConfig = dataclasses.field(default_factory=TripletConfig)
-    center: CenterConfig = dataclasses.field(default_factory=CenterConfig)
-    multi_similarity: MultiSimilarityConfig = dataclasses.field(default_factory=MultiSimilarityConfig)
-    circle: CircleConfig = dataclasses.field(default_factory=CircleConfig)
-    adversary: AdversaryLossConfig = dataclasses.field(default_factory=AdversaryLossConfig)
+    id: IDLossConfig
+    triplet: TripletConfig
+    center: CenterConfig
+    multi_similarity: MultiSimilarityConfig
+    circle: CircleConfig
+    adversary: AdversaryLossConfig
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

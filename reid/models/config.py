@@ -2,50 +2,63 @@
 
 The resolved YAML config is a nested dict; the model code reads it through frozen dataclasses so that a typo
 (``model.gdfl.tap``) or a bad value (``compat: dott``) fails at construction time with a message naming the
-dotted key, instead of silently falling back to a default deep inside ``forward``. Missing keys take the
-defaults documented in the config schema, so ``build_model({"backbone": "resnet18"}, 10)`` also works.
+dotted key, instead of silently falling back to a default deep inside ``forward``. The views hold types and
+checks only: defaults and allowed values come from the one config schema (``reid/config/defaults.py``), so a
+missing key takes the schema's default and ``build_model({"backbone": "resnet18"}, 10)`` also works.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from reid.config.defaults import CHOICES, DEFAULTS
+
 T = TypeVar("T")
 
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenetv2")
+BACKBONES = CHOICES["model.backbone"]
 STAGES = ("layer1", "layer2", "layer3", "layer4")
-COMPATS = ("additive", "dot")
-ATTACH_POINTS = ("gdfl", "embedding", "global", "taps")
-FUSE_INITS = ("default", "global")
-ADVERSARY_MODES = ("grl", "confusion")
+COMPATS = CHOICES["model.gdfl.attention.compat"]
+ATTACH_POINTS = CHOICES["model.adversary.attach"]
+FUSE_INITS = CHOICES["model.gdfl.fuse_init"]
+ADVERSARY_MODES = CHOICES["model.adversary.mode"]
+
+
+def _schema_section(where: str) -> Mapping[str, Any]:
+    section: Any = DEFAULTS
+    for part in where.split("."):
+        section = section[part]
+    return section
 
 
 def dataclass_from_mapping(cls: type[T], mapping: Mapping[str, Any] | None, where: str) -> T:
-    """Build dataclass ``cls`` from a config mapping; unknown keys raise ValueError naming ``where.key``.
+    """Build dataclass ``cls`` from the config section ``where`` (e.g. ``"model.gdfl"``): keys missing from
+    ``mapping`` take the schema's defaults; unknown keys raise ValueError naming ``where.key``.
 
-    Nested dataclass fields (those whose default factory is a dataclass) are converted recursively and
-    lists become tuples so the result is hashable and immutable.
+    Nested dataclass fields are converted recursively and lists become tuples, so the result is hashable and
+    immutable.
     """
     if mapping is None:
         mapping = {}
     if not isinstance(mapping, Mapping):
         raise ValueError(f"config section '{where}' must be a mapping, got {type(mapping).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(mapping) - set(fields))
+    types = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(mapping) - set(names))
     if unknown:
-        names = ", ".join(f"{where}.{k}" for k in unknown)
-        raise ValueError(f"unknown config key(s) {names}; expected one of {sorted(fields)}")
+        listed = ", ".join(f"{where}.{k}" for k in unknown)
+        raise ValueError(f"unknown config key(s) {listed}; expected one of {sorted(names)}")
+    defaults = _schema_section(where)
     values: dict[str, Any] = {}
-    for name, value in mapping.items():
-        field = fields[name]
-        nested = field.default_factory if field.default_factory is not dataclasses.MISSING else None
-        if nested is not None and dataclasses.is_dataclass(nested):
-            value = dataclass_from_mapping(nested, value, f"{where}.{name}")
-        elif isinstance(value, list):
-            value = tuple(value)
-        values[name] = value
+    for name in names:
+        if dataclasses.is_dataclass(types[name]):
+            values[name] = dataclass_from_mapping(types[name], mapping.get(name), f"{where}.{name}")
+            continue
+        value = mapping[name] if name in mapping else copy.deepcopy(defaults[name])
+        values[name] = tuple(value) if isinstance(value, list) else value
     return cls(**values)
 
 
@@ -61,9 +74,9 @@ def _require_positive_int_or_none(value: Any, key: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
-    enabled: bool = True
-    compat: str = "additive"
-    shared: bool = True
+    enabled: bool
+    compat: str
+    shared: bool
 
     def __post_init__(self) -> None:
         require_choice(self.compat, COMPATS, "model.gdfl.attention.compat")
@@ -71,13 +84,13 @@ class AttentionConfig:
 
 @dataclasses.dataclass(frozen=True)
 class GDFLConfig:
-    enabled: bool = False
-    taps: tuple[str, ...] = ("layer2", "layer3", "layer4")
-    attention: AttentionConfig = dataclasses.field(default_factory=AttentionConfig)
-    include_global: bool = False
-    fuse_init: str = "default"
-    proj_dim: int | None = None
-    fuse_dim: int | None = None
+    enabled: bool
+    taps: tuple[str, ...]
+    attention: AttentionConfig
+    include_global: bool
+    fuse_init: str
+    proj_dim: int | None
+    fuse_dim: int | None
 
     def __post_init__(self) -> None:
         require_choice(self.fuse_init, FUSE_INITS, "model.gdfl.fuse_init")
@@ -93,13 +106,13 @@ class GDFLConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AdversaryConfig:
-    enabled: bool = False
-    attach: str = "gdfl"
-    lambda_max: float = 0.1
-    gamma: float = 10.0
-    mode: str = "grl"
-    hidden: tuple[int, ...] = (1024, 1024)
-    dropout: float = 0.5
+    enabled: bool
+    attach: str
+    lambda_max: float
+    gamma: float
+    mode: str
+    hidden: tuple[int, ...]
+    dropout: float
 
     def __post_init__(self) -> None:
         require_choice(self.attach, ATTACH_POINTS, "model.adversary.attach")
@@ -116,12 +129,12 @@ class AdversaryConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "resnet50"
-    last_stride: int = 1
-    pretrained: str | None = "imagenet"
-    frozen_stages: int = 0
-    gdfl: GDFLConfig = dataclasses.field(default_factory=GDFLConfig)
-    adversary: AdversaryConfig = dataclasses.field(default_factory=AdversaryConfig)
+    backbone: str
+    last_stride: int
+    pretrained: str | None
+    frozen_stages: int
+    gdfl: GDFLConfig
+    adversary: AdversaryConfig
 
     def __post_init__(self) -> None:
         require_choice(self.backbone, BACKBONES, "model.backbone")
