@@ -182,7 +182,8 @@ def adapt_model(
     train_set, held_set = split_tracklets(tracklets, settings.held_out_fraction, settings.seed)
     pairs = covisible_pairs(tracklets)
     train_labels = [t.label for t in train_set]
-    train_pairs = {p for p in pairs if p[0] in set(train_labels) and p[1] in set(train_labels)}
+    in_training = set(train_labels)
+    train_pairs = {p for p in pairs if p[0] in in_training and p[1] in in_training}
     if not train_pairs:
         raise ValueError(
             f"no two of the {len(train_set)} training tracklets are seen at the same time: there is no "
