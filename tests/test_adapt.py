@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import sqlite3
 from pathlib import Path
 
 import cv2
@@ -13,9 +14,10 @@ import pytest
 from reid.data.tracklet_crops import covisible_groups, covisible_pairs, cut_crops, mine_tracklets
 from reid.engine.adapt import AdaptSettings, _CropTensors, adapt_model, triplet_on_groups
 from reid.gallery.errors import GalleryMismatchError
+from reid.gallery.schema import DB_FILENAME
 from reid.gallery.store import GalleryStore
 from reid.models import load_retrieval_model
-from reid.video.mot_io import MotTable, write_mot_results
+from reid.video.mot_io import MotTable, read_mot_file, write_mot_results
 
 # (colour of the jacket, colour of the trousers, row, first frame, last frame): four people, some co-visible
 PEOPLE = {
@@ -109,38 +111,42 @@ def test_fine_tuning_lowers_the_triplet_loss_on_the_mined_tracklets(clip, small_
 
 
 def _rows(folder: Path) -> list[tuple]:
-    from reid.video.mot_io import read_mot_file
-
     table = read_mot_file(folder / "tracks.txt")
     return [(int(f), int(i), *b, s) for f, i, b, s in zip(table.frames, table.ids, table.boxes, table.scores,
                                                           strict=True)]  # fmt: skip
 
 
-def test_adapt_tool_writes_a_loadable_model_that_an_old_gallery_refuses(
+def test_adapt_tool_runs_the_pipeline_and_writes_a_loadable_model_that_an_old_gallery_refuses(
     clip, small_checkpoint, tmp_path, capsys, load_tool
 ):
     checkpoint = small_checkpoint(seed=2)
     tool = load_tool("adapt")
-    out = tmp_path / "adapted"
-    argv = [str(clip / "cam.avi"), "--tracks", str(clip / "tracks.txt"), "--from", str(checkpoint),
-            "--out", str(out), "--steps", "4", "--lr", "1e-3", "--held-out", "0"]  # fmt: skip
+    out, gallery = tmp_path / "adapted", tmp_path / "site_gallery"
+    # --gallery: the footage is tracked into the gallery (as camera 7) with the source model, then adapted to
+    argv = [str(clip / "cam.avi"), "--gallery", str(gallery), "--camera-ids", "7", "--detections",
+            str(clip / "tracks.txt"), "--from", str(checkpoint), "--out", str(out), "--steps", "4", "--lr",
+            "1e-3", "--held-out", "0"]  # fmt: skip
     assert tool.main(argv) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["adapt.json", "model.pt", "model_card.md"]
+    assert sorted(p.name for p in out.iterdir()) == ["adapt.json", "model.pt", "model_card.md", "pipeline"]
     adapted_model, adapted = load_retrieval_model(out / "model.pt")
     _, source = load_retrieval_model(checkpoint)
     report = json.loads((out / "adapt.json").read_text())
     assert report["model_name"] == adapted["model_name"] != source["model_name"]
     assert report["source_model_name"] == source["model_name"] and report["tracklets"] == 4
     assert "4 tracklets" in (out / "model_card.md").read_text()
-    with GalleryStore.open(
-        tmp_path / "g", model_name=source["model_name"], feature_dim=source["feature_dim"]
-    ):
-        pass  # a gallery built with the source model
+    tracks = out / "pipeline" / "cam7" / "tracks.txt"  # the tracks it was adapted to stay beside it
+    assert report["footage"][0]["tracks"] == str(tracks) and report["footage"][0]["camera_id"] == 7
+    assert set(read_mot_file(tracks).ids.tolist()) == set(PEOPLE)
+    with sqlite3.connect(gallery / DB_FILENAME) as db:
+        assert db.execute("SELECT DISTINCT camera_id FROM tracks").fetchall() == [(7,)]
+    with GalleryStore.open(gallery, model_name=source["model_name"], feature_dim=source["feature_dim"]):
+        pass  # the gallery was built with the source model
     with pytest.raises(GalleryMismatchError):
-        GalleryStore.open(
-            tmp_path / "g", model_name=adapted["model_name"], feature_dim=adapted["feature_dim"]
-        )
+        GalleryStore.open(gallery, model_name=adapted["model_name"], feature_dim=adapted["feature_dim"])
     capsys.readouterr()
+    with pytest.raises(SystemExit):  # --tracks (made earlier) and --gallery (make them) exclude each other
+        tool.main(argv + ["--tracks", str(tracks)])
+    assert "not both" in capsys.readouterr().err
     missing = [str(clip / "cam.avi"), "--tracks", str(tmp_path / "none.txt"), "--from", str(checkpoint),
                "--out", str(tmp_path / "x")]  # fmt: skip
     assert tool.main(missing) == 2
