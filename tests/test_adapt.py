@@ -10,9 +10,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 
-from reid.data.tracklet_crops import covisible_groups, covisible_pairs, cut_crops, mine_tracklets
-from reid.engine.adapt import AdaptSettings, _CropTensors, adapt_model, triplet_on_groups
+from reid.data.tracklet_crops import Tracklet, covisible_groups, covisible_pairs, cut_crops, mine_tracklets
+from reid.engine.adapt import (
+    AdaptSettings,
+    PerCameraTrackletClassifier,
+    _CropTensors,
+    adapt_model,
+    triplet_on_groups,
+)
 from reid.gallery.errors import GalleryMismatchError
 from reid.gallery.schema import DB_FILENAME
 from reid.gallery.store import GalleryStore
@@ -125,7 +133,7 @@ def test_adapt_tool_runs_the_pipeline_and_writes_a_loadable_model_that_an_old_ga
     # --gallery: the footage is tracked into the gallery (as camera 7) with the source model, then adapted to
     argv = [str(clip / "cam.avi"), "--gallery", str(gallery), "--camera-ids", "7", "--detections",
             str(clip / "tracks.txt"), "--from", str(checkpoint), "--out", str(out), "--steps", "4", "--lr",
-            "1e-3", "--held-out", "0"]  # fmt: skip
+            "1e-3", "--held-out", "0", "--tracklet-id-weight", "1"]  # fmt: skip
     assert tool.main(argv) == 0
     assert sorted(p.name for p in out.iterdir()) == ["adapt.json", "model.pt", "model_card.md", "pipeline"]
     adapted_model, adapted = load_retrieval_model(out / "model.pt")
@@ -134,6 +142,7 @@ def test_adapt_tool_runs_the_pipeline_and_writes_a_loadable_model_that_an_old_ga
     assert report["model_name"] == adapted["model_name"] != source["model_name"]
     assert report["source_model_name"] == source["model_name"] and report["tracklets"] == 4
     assert "4 tracklets" in (out / "model_card.md").read_text()
+    assert all(np.isfinite(r["tracklet_id"]) for r in report["result"]["history"])  # the TAUDL head trained
     tracks = out / "pipeline" / "cam7" / "tracks.txt"  # the tracks it was adapted to stay beside it
     assert report["footage"][0]["tracks"] == str(tracks) and report["footage"][0]["camera_id"] == 7
     assert set(read_mot_file(tracks).ids.tolist()) == set(PEOPLE)
@@ -151,3 +160,23 @@ def test_adapt_tool_runs_the_pipeline_and_writes_a_loadable_model_that_an_old_ga
                "--out", str(tmp_path / "x")]  # fmt: skip
     assert tool.main(missing) == 2
     assert "adapt: error:" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_per_camera_tracklet_classifier_matches_a_slow_reference_and_cameras_never_compete():
+    torch.manual_seed(0)
+    tracklets = [Tracklet(label, camera, label, (0, 9), ()) for label, camera in
+                 [(0, 0), (1, 0), (2, 1), (3, 0), (4, 1)]]  # fmt: skip
+    teacher = {t.label: F.normalize(torch.randn(3, 8), dim=1) for t in tracklets}
+    head = PerCameraTrackletClassifier(tracklets, teacher, scale=16.0)
+    feats, labels = torch.randn(6, 8), torch.tensor([0, 1, 3, 3, 2, 4])
+    expected = 0.0
+    for feat, label in zip(feats, labels.tolist(), strict=True):
+        own = [t.label for t in tracklets if t.camera == tracklets[label].camera]
+        logits = torch.stack([16.0 * F.cosine_similarity(feat, head.weight[t], dim=0) for t in own])
+        expected += float(-torch.log_softmax(logits, dim=0)[own.index(label)])
+    assert float(head.loss(feats, labels)) == pytest.approx(expected / 6, rel=1e-5)
+    # a camera-0 crop's loss does not see camera 1's tracklets
+    before = float(head.loss(feats[:3], labels[:3]))
+    with torch.no_grad():
+        head.weight[2] = head.weight[0]
+    assert float(head.loss(feats[:3], labels[:3])) == pytest.approx(before)

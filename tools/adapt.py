@@ -85,6 +85,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--distill-weight", type=float, default=defaults.distill_weight)
     parser.add_argument(
+        "--tracklet-id-weight",
+        type=float,
+        default=defaults.tracklet_id_weight,
+        help="weight of TAUDL's per-camera tracklet classification loss (default 0: off; it treats a "
+        "camera's tracklets as different people, which fragments of one person break)",
+    )
+    parser.add_argument(
         "--held-out",
         type=float,
         default=defaults.held_out_fraction,
@@ -109,8 +116,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(
                 f"{option} needs one value per video: {len(args.footage)} videos, {len(given)} given"
             )
-    if args.steps < 1 or args.lr <= 0 or not 0 <= args.held_out < 1:
-        parser.error("--steps must be >= 1, --lr > 0 and --held-out in [0, 1)")
+    if args.steps < 1 or args.lr <= 0 or not 0 <= args.held_out < 1 or args.tracklet_id_weight < 0:
+        parser.error("--steps must be >= 1, --lr > 0, --held-out in [0, 1) and --tracklet-id-weight >= 0")
     return args
 
 
@@ -180,6 +187,7 @@ def adapt_to_tracks(
         steps=args.steps,
         lr=args.lr,
         distill_weight=args.distill_weight,
+        tracklet_id_weight=args.tracklet_id_weight,
         held_out_fraction=args.held_out,
         seed=args.seed,
     )
