@@ -175,9 +175,9 @@ def test_per_camera_tracklet_classifier_matches_a_slow_reference_and_cameras_nev
         with torch.no_grad():
             logits = torch.stack([16.0 * F.cosine_similarity(feat, head.weight[t], dim=0) for t in own])
             expected += float(-torch.log_softmax(logits, dim=0)[own.index(label)])
-    assert float(head.loss(feats, labels)) == pytest.approx(expected / 6, rel=1e-5)
+    assert head.loss(feats, labels).item() == pytest.approx(expected / 6, rel=1e-5)
     # a camera-0 crop's loss does not see camera 1's tracklets
-    before = float(head.loss(feats[:3], labels[:3]))
+    before = head.loss(feats[:3], labels[:3]).item()
     with torch.no_grad():
         head.weight[2] = head.weight[0]
-    assert float(head.loss(feats[:3], labels[:3])) == pytest.approx(before)
+    assert head.loss(feats[:3], labels[:3]).item() == pytest.approx(before)
