@@ -99,10 +99,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=defaults.seed)
     args = parser.parse_args(argv)
-    if (args.tracks is None) == (args.gallery is None):
-        parser.error(
-            "give --tracks (tracks made earlier) or --gallery (run the pipeline to make them), not both"
-        )
+    if args.tracks is not None and args.gallery is not None:
+        parser.error("--tracks (tracks made earlier) or --gallery (run the pipeline to make them), not both")
+    if args.tracks is None and args.gallery is None:
+        parser.error("give --tracks (tracks made earlier) or --gallery (run the pipeline to make them)")
     if args.tracks is None:
         args.camera_ids = args.camera_ids or list(range(1, len(args.footage) + 1))
         if min(args.camera_ids) < 0 or len(set(args.camera_ids)) != len(args.camera_ids):
