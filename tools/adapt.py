@@ -152,9 +152,9 @@ def model_card(adapt: dict) -> str:
 
 def adapt_to_tracks(
     args: argparse.Namespace, model, info: dict, source: Path, tracks_files: list[Path], recorded: list[str]
-) -> dict:
-    """Mine the tracklets of every video, fine-tune ``model`` on them; return adapt.json's content (without
-    the model name, known once the checkpoint is written) and, under "payload", the checkpoint to write."""
+) -> tuple[dict, dict]:
+    """Mine the tracklets of every video, fine-tune ``model`` on them; return the checkpoint to write and
+    adapt.json's content (without the model name, known once the checkpoint is written)."""
     tracklets, images, footage = [], {}, []
     for camera, (video, tracks) in enumerate(zip(args.footage, tracks_files, strict=True)):
         mined = mine_tracklets(
@@ -202,8 +202,7 @@ def adapt_to_tracks(
             "appearance_thresholds": info["appearance_thresholds"],
         }
     )
-    return {
-        "payload": payload,
+    return payload, {
         "source": str(source),
         "source_model_name": info["model_name"],
         "footage": footage,
@@ -251,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 tracks_files = track_footage(args, staging / PIPELINE_DIR)
                 recorded = [str(args.out / f.relative_to(staging)) for f in tracks_files]
-            adapt = adapt_to_tracks(args, model, info, source, tracks_files, recorded)
-            atomic_torch_save(adapt.pop("payload"), staging / "model.pt")
+            payload, adapt = adapt_to_tracks(args, model, info, source, tracks_files, recorded)
+            atomic_torch_save(payload, staging / "model.pt")
             _, adapted = load_retrieval_model(staging / "model.pt")  # proves it loads; gives its name
             adapt = {"model_name": adapted["model_name"], **adapt}
             atomic_write_json(staging / "adapt.json", adapt)

@@ -149,30 +149,18 @@ class PerCameraTrackletClassifier(torch.nn.Module):
     def __init__(self, tracklets: list[Tracklet], teacher: dict[int, torch.Tensor], scale: float) -> None:
         super().__init__()
         self.scale = scale
-        self.labels = [t.label for t in tracklets]
-        self.row = {label: row for row, label in enumerate(self.labels)}
-        cameras = [t.camera for t in tracklets]
-        self.camera_rows = {
-            c: torch.tensor([r for r, rc in enumerate(cameras) if rc == c]) for c in set(cameras)
-        }
-        self.camera_of = dict(zip(self.labels, cameras, strict=True))
-        prototypes = torch.stack([teacher[label].mean(dim=0) for label in self.labels])
+        self.row = {t.label: row for row, t in enumerate(tracklets)}
+        self.register_buffer("row_camera", torch.tensor([t.camera for t in tracklets]))
+        prototypes = torch.stack([teacher[t.label].mean(dim=0) for t in tracklets])
         self.weight = torch.nn.Parameter(F.normalize(prototypes, dim=1))
 
     def loss(self, feats: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy; each crop's logits are over its camera's tracklets."""
-        feats = F.normalize(feats, dim=1)
-        weight = F.normalize(self.weight, dim=1)
-        losses = []
-        for camera, rows in self.camera_rows.items():
-            mask = torch.tensor([self.camera_of[int(label)] == camera for label in labels])
-            if not mask.any():
-                continue
-            logits = self.scale * feats[mask] @ weight[rows].T
-            position = {int(r): i for i, r in enumerate(rows)}
-            targets = torch.tensor([position[self.row[int(label)]] for label in labels[mask]])
-            losses.append(F.cross_entropy(logits, targets, reduction="sum"))
-        return torch.stack(losses).sum() / len(labels)
+        """Mean cross-entropy; the logits of other cameras' tracklets are masked out, so each crop's softmax
+        is over its own camera's tracklets."""
+        rows = torch.tensor([self.row[int(label)] for label in labels])
+        logits = self.scale * F.normalize(feats, dim=1) @ F.normalize(self.weight, dim=1).T
+        other_camera = self.row_camera[None, :] != self.row_camera[rows][:, None]
+        return F.cross_entropy(logits.masked_fill(other_camera, float("-inf")), rows)
 
 
 def _batch(
