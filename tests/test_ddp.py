@@ -121,9 +121,13 @@ def test_torchrun_two_gloo_ranks_equal_gradient_averaged_reference(tmp_path):
     assert len(checkpoint["rng_states"]) == 2
 
     cfg = load_config(REPO / "configs" / "synthetic.yml", overrides)
-    torch.set_num_threads(1)
-    reference = _reference_parameters(cfg, use_both_halves=True)
-    rank0_only = _reference_parameters(cfg, use_both_halves=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the ranks ran with OMP_NUM_THREADS=1: same summation order
+    try:
+        reference = _reference_parameters(cfg, use_both_halves=True)
+        rank0_only = _reference_parameters(cfg, use_both_halves=False)
+    finally:
+        torch.set_num_threads(threads)  # every later test in this process would run on one thread
     saved = {**checkpoint["model"], **{f"criterion.{k}": v for k, v in checkpoint["criterion"].items()}}
     assert any(k.startswith("criterion.") for k in reference)  # the center-loss centres are compared too
     worst_right = max((saved[k] - v).abs().max().item() for k, v in reference.items())
