@@ -27,7 +27,7 @@ def test_stitching_rejoins_two_people_hidden_while_crossing():
     # than the tracker waits (short max_age), so each leaves two tracklets. Stitching must join each
     # person's pieces by motion and appearance, not swap them.
     walkers = [((100, 100), (5, 0), (0, 0, 220)), ((500, 110), (-5, 0), (220, 120, 0))]
-    config = TrackerConfig(max_age=10, lost_after=5)
+    config = TrackerConfig(max_age_s=1.0, lost_after_s=0.5)  # at the 10 fps of run_tracker
     tracks = run_tracker(walkers, 90, drop=lambda f, w: 30 <= f < 50, config=config)
     before = majority_ids(tracks, walkers, 90)
     assert all(len(ids) == 2 for ids in before.values()), before  # the gap did split both people
@@ -36,7 +36,7 @@ def test_stitching_rejoins_two_people_hidden_while_crossing():
     owner = {tid: w for w, ids in before.items() for tid in ids}
     track_features = np.stack([features[owner[t.track_id]] for t in tracks])
     config = StitchConfig(max_appearance=APPEARANCE_THRESHOLDS.stitch)  # the descriptor's own gate
-    chains = stitch_chains(tracks, track_features, config, frame_size=(800, 600))
+    chains = stitch_chains(tracks, track_features, config, frame_size=(800, 600), fps=10.0)
     merged = [merge_tracks([tracks[i] for i in chain]) for chain in chains]
     after = majority_ids(merged, walkers, 90)
     assert all(len(ids) == 1 for ids in after.values()), after
@@ -47,8 +47,8 @@ def test_stitching_rejoins_two_people_hidden_while_crossing():
 
 
 def test_stitching_by_motion_alone_and_never_links_overlapping_or_exiting_tracklets():
-    def tracklet(track_id, frames, start, velocity):
-        tracker = Tracker(TrackerConfig(n_init=1))
+    def tracklet(track_id, frames, start, velocity, fps=10.0):
+        tracker = Tracker(TrackerConfig(n_init=1), fps=fps)
         for f in frames:
             tracker.step(f, walker_box(start, velocity, f)[None], np.ones(1), None)
         (track,) = tracker.finish_all()
@@ -58,24 +58,31 @@ def test_stitching_by_motion_alone_and_never_links_overlapping_or_exiting_trackl
     a = tracklet(1, range(0, 20), (100, 100), (4, 0))
     b = tracklet(2, range(35, 60), (100, 100), (4, 0))  # a's continuation after a 15-frame gap
     c = tracklet(3, range(10, 40), (100, 300), (4, 0))  # overlaps a in time: another person
-    assert sorted(map(sorted, stitch_chains([a, b, c], None))) == [[0, 1], [2]]
+    assert sorted(map(sorted, stitch_chains([a, b, c], None, fps=10.0))) == [[0, 1], [2]]
     # The same continuation is refused when a walked out of the frame (its last box touches the border).
-    assert len(stitch_chains([a, b], None, frame_size=(a.observations[-1][1][0] + 30, 600))) == 2
+    assert len(stitch_chains([a, b], None, frame_size=(a.observations[-1][1][0] + 30, 600), fps=10.0)) == 2
     # ... and when b looks like someone else (once an embedder's appearance gate is set).
     far = np.array([[1.0, 0.0], [0.0, 1.0]])
-    assert len(stitch_chains([a, b], far)) == 1  # the default gate never vetoes
-    assert len(stitch_chains([a, b], far, StitchConfig(max_appearance=0.5))) == 2
+    assert len(stitch_chains([a, b], far, fps=10.0)) == 1  # the default gate never vetoes
+    assert len(stitch_chains([a, b], far, StitchConfig(max_appearance=0.5), fps=10.0)) == 2
+    # The gap is in seconds: a 4 s gap filmed at 30 fps (121 frames, more than the 50 frames that meant
+    # 5 s at 10 fps) is linked, and a 6.1 s gap (past max_gap_s) is refused.
+    fast_a = tracklet(1, range(0, 60), (100, 100), (4 / 3, 0), fps=30.0)
+    fast_b = tracklet(2, range(180, 240), (100, 100), (4 / 3, 0), fps=30.0)
+    assert stitch_chains([fast_a, fast_b], None, fps=30.0) == [[0, 1]]
+    late = tracklet(2, range(80, 100), (100, 100), (4, 0))
+    assert len(stitch_chains([a, late], None, StitchConfig(base_reach=100.0), fps=10.0)) == 2
 
 
 def test_stitch_config_rejects_nonsense():
     with pytest.raises(ValueError):
-        StitchConfig(max_gap=0)
+        StitchConfig(max_gap_s=0)
     with pytest.raises(ValueError):
         StitchConfig(max_scale_change=0.5)
 
 
 def test_occluded_detections_do_not_update_track_appearance():
-    tracker = Tracker(TrackerConfig(n_init=1, max_occlusion_for_update=0.1))
+    tracker = Tracker(TrackerConfig(n_init=1, max_occlusion_for_update=0.1), fps=10.0)
     red, dark_red, blue = describe_crops(
         [colour_crop((0, 0, 220), 1), colour_crop((0, 0, 180), 2), colour_crop((220, 0, 0), 3)]
     )

@@ -24,8 +24,8 @@ DESCRIPTOR_GATES = TrackerConfig(max_appearance=APPEARANCE_THRESHOLDS.tracker_ve
                                  reactivate_appearance=APPEARANCE_THRESHOLDS.reactivation)
 
 
-def run_tracker(walkers, frames, detect_every=1, drop=lambda f, w: False, config=DESCRIPTOR_GATES):
-    tracker = Tracker(config)
+def run_tracker(walkers, frames, detect_every=1, drop=lambda f, w: False, config=DESCRIPTOR_GATES, fps=10.0):
+    tracker = Tracker(config, fps=fps)
     finished = []
     for f in range(frames):
         if f % detect_every:
@@ -93,7 +93,7 @@ def test_occluded_walker_is_refound():
 
 def test_short_false_alarm_never_confirmed():
     walkers = [((0, 50), (4, 0), (0, 0, 200))]
-    tracker = Tracker(TrackerConfig(n_init=3))
+    tracker = Tracker(TrackerConfig(n_init=3), fps=10.0)
     for f in range(10):
         boxes = [walker_box(*walkers[0][:2], f)]
         if f == 4:  # one spurious box far away
@@ -101,3 +101,23 @@ def test_short_false_alarm_never_confirmed():
         tracker.step(f, np.array(boxes), np.ones(len(boxes)), None)
     finished = tracker.finish_all()
     assert len(finished) == 1 and len(finished[0].observations) == 10
+
+
+def test_times_are_seconds_whatever_the_frame_rate():
+    # The same scene filmed at 10 and at 30 fps: walker 0 is hidden for 4 s, less than max_age_s (6 s).
+    # At 30 fps that is 120 frames, twice what a frame-count setting tuned at 10 fps (60 frames) would wait.
+    outcomes = {}
+    for fps in (10.0, 30.0):
+        k = fps / 10.0
+        walkers = [((100, 100), (3 / k, 0), (30, 30, 200)), ((100, 300), (3 / k, 0), (200, 200, 30))]
+        frames = int(90 * k)
+        tracks = run_tracker(walkers, frames, detect_every=int(k), fps=fps,
+                             drop=lambda f, w, k=k: w == 0 and 30 * k <= f < 70 * k)
+        outcomes[fps] = majority_ids(tracks, walkers, frames)
+    assert all(len(ids) == 1 for owners in outcomes.values() for ids in owners.values()), outcomes
+    # ... and a track unseen for longer than max_age_s ends after the same time at either rate.
+    for fps in (10.0, 30.0):
+        tracker = Tracker(TrackerConfig(n_init=1, max_age_s=2.0), fps=fps)
+        tracker.step(0, np.array([[100.0, 100, 30, 80]]), np.ones(1), None)
+        ended = [f for f in range(1, int(4 * fps)) if tracker.step(f, np.zeros((0, 4))).finished]
+        assert ended == [int(2 * fps) + 1], (fps, ended)

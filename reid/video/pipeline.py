@@ -41,7 +41,7 @@ FrameCallback = Callable[[int, np.ndarray, LiveBoxes], None]
 class PipelineConfig:
     """``min_track_detections``: matched detections a track needs to enter the gallery;
     ``crops_per_track``: crops stored per track; ``evidence_capacity``: best observations averaged into the
-    track feature; ``max_interpolation_gap``: longest run of frames filled between two detections;
+    track feature; ``max_interpolation_gap_s``: longest gap (seconds) filled between two detections;
     ``stitch``: offline tracklet stitching for file inputs (None: every track goes to the gallery as it ends,
     as for live streams); ``covisible_max_fpr``: for file inputs, cap the gallery threshold so that at most
     this share of the video's co-visible (different-person) track pairs would match (None: no cap)."""
@@ -50,7 +50,7 @@ class PipelineConfig:
     min_track_detections: int = 5
     crops_per_track: int = 4
     evidence_capacity: int = 8
-    max_interpolation_gap: int = 30
+    max_interpolation_gap_s: float = 3.0
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     stitch: StitchConfig | None = field(default_factory=StitchConfig)
     covisible_max_fpr: float | None = 0.0
@@ -145,7 +145,7 @@ class VideoToGallery:
         video_id = self.store.register_video(info.source, camera_id=self.camera_id, fps=info.fps,
                                              num_frames=info.num_frames, width=info.width, height=info.height)
         result = VideoRunResult(info=info, video_id=video_id)
-        tracker = Tracker(self.config.tracker)
+        tracker = Tracker(self.config.tracker, fps=info.fps)
         evidence: dict[int, TrackEvidence] = {}
         # A file is over when it ends, so its tracklets can be stitched and its tracks compared before they
         # enter the gallery; a live stream gets online tracks, each stored as it ends.
@@ -182,7 +182,7 @@ class VideoToGallery:
         threshold = None
         if offline:
             if self.config.stitch is not None:
-                pending = self._stitch(pending, (info.width, info.height))
+                pending = self._stitch(pending, (info.width, info.height), info.fps)
             threshold = self._video_threshold(pending)
         for track, bank in pending:
             self._finish(track, bank, result, threshold)
@@ -207,8 +207,8 @@ class VideoToGallery:
                                  quality=float(quality[d]), feature=features[d]))
         return step
 
-    def _stitch(self, finished: list[tuple[Track, TrackEvidence | None]], frame_size: tuple[int, int]
-                ) -> list[tuple[Track, TrackEvidence | None]]:
+    def _stitch(self, finished: list[tuple[Track, TrackEvidence | None]], frame_size: tuple[int, int],
+                fps: float) -> list[tuple[Track, TrackEvidence | None]]:
         """Join tracklets of one person (see :mod:`reid.video.stitching`); each chain keeps its first id."""
         dim = self.embedder.feature_dim
         features = np.stack([
@@ -217,7 +217,7 @@ class VideoToGallery:
         ]) if finished else None
         tracks = [track for track, _ in finished]
         stitched = []
-        for chain in stitch_chains(tracks, features, self.config.stitch, frame_size):
+        for chain in stitch_chains(tracks, features, self.config.stitch, frame_size, fps=fps):
             parts = [finished[i] for i in chain]
             if len(parts) == 1:
                 stitched.append(parts[0])
@@ -248,7 +248,7 @@ class VideoToGallery:
 
     def _finish(self, track: Track, bank: TrackEvidence | None, result: VideoRunResult,
                 match_threshold: float | None = None) -> None:
-        rows = track_rows(track, self.config.max_interpolation_gap)
+        rows = track_rows(track, round(self.config.max_interpolation_gap_s * result.info.fps))
         if not self._enters_gallery(track, bank):
             result.tracks.append(FinishedTrack(track.track_id, None, False, None, rows, []))
             return

@@ -10,10 +10,11 @@ Nevatia, "Robust object tracking by hierarchical association of detection respon
 A tracklet that ends at the frame border is an exit and one that starts there an entry: the person walked
 out of (into) view, so those ends are never linked (otherwise whoever walks in next at that edge would
 inherit the id). A pair (end of A, start of B) is admissible only when
-  * B starts after A ends, at most ``max_gap`` frames later (tracklets that overlap in time are two people);
+  * B starts after A ends, at most ``max_gap_s`` seconds later (tracklets that overlap in time are two
+    people);
   * constant-velocity extrapolation of A forward and of B backward meet: both are moved half the gap and
-    their centres must lie within ``base_reach + reach_per_frame * gap`` box heights (uncertainty grows
-    with the gap, as people turn and change pace);
+    their centres must lie within ``base_reach + reach_per_s * gap`` box heights, the gap in seconds
+    (uncertainty grows with the gap, as people turn and change pace);
   * the box heights differ by at most a factor ``max_scale_change``;
   * the appearance distance of the two tracklet features is at most ``max_appearance``.
 The cost mixes the normalised motion error and appearance distance, so when two people cross behind an
@@ -33,25 +34,29 @@ from reid.video.tracking import Track, assign_finite
 
 @dataclass(frozen=True)
 class StitchConfig:
-    """Frame counts are video frames, distances box heights (scale-free), appearance cosine distance.
-    ``velocity_window``: frames at a tracklet's end (or start) whose boxes estimate its velocity;
+    """Times are seconds (converted with the video's fps, so a setting means the same at any frame rate),
+    distances box heights (scale-free), appearance cosine distance.
+    ``velocity_window_s``: the time at a tracklet's end (or start) whose boxes estimate its velocity;
     ``border_margin``: px from the frame edge within which a box counts as leaving (entering) the view.
     ``max_appearance``: the median distance of different people's tracklet features, which belongs to the
     embedder (its ``appearance.stitch``, set by :func:`reid.video.pipeline.pipeline_config_for`); the
-    default 2.0 never vetoes, and ``appearance_weight`` 0 leaves the cost to motion alone."""
+    default 2.0 never vetoes, and ``appearance_weight`` 0 leaves the cost to motion alone.
+    ``reach_per_s`` 0.4 heights/s is half a walking speed (see :class:`reid.video.tracking.TrackerConfig`):
+    how far a person's turns and changes of pace can take them from the extrapolated path; the gap and the
+    window were chosen in this project's first phase on PETS 2009 S2.L1 (10 fps), in-sample there."""
 
-    max_gap: int = 50
-    velocity_window: int = 10
+    max_gap_s: float = 5.0
+    velocity_window_s: float = 1.0
     base_reach: float = 0.5
-    reach_per_frame: float = 0.04
+    reach_per_s: float = 0.4
     max_scale_change: float = 1.5
     max_appearance: float = 2.0
     appearance_weight: float = 0.5
     border_margin: float = 4.0
 
     def __post_init__(self) -> None:
-        if self.max_gap < 1 or self.velocity_window < 1:
-            raise ValueError("max_gap and velocity_window must be >= 1 frame")
+        if not (self.max_gap_s > 0 and self.velocity_window_s > 0):
+            raise ValueError("max_gap_s and velocity_window_s must be positive durations")
         if self.max_scale_change < 1.0 or not 0.0 <= self.appearance_weight <= 1.0:
             raise ValueError("need max_scale_change >= 1 and 0 <= appearance_weight <= 1")
 
@@ -67,7 +72,7 @@ class Endpoint:
 
 
 def endpoint(observations: Sequence[tuple[int, np.ndarray, float]], *, at_start: bool,
-             window: int) -> Endpoint:
+             window: float) -> Endpoint:
     """Least-squares constant-velocity fit to the tracklet's boxes within ``window`` frames of one end."""
     frames = np.array([f for f, _, _ in observations], dtype=np.float64)
     boxes = np.stack([b for _, b, _ in observations])
@@ -84,7 +89,7 @@ def endpoint(observations: Sequence[tuple[int, np.ndarray, float]], *, at_start:
 
 
 def link_costs(ends: Sequence[Endpoint], starts: Sequence[Endpoint], end_features: np.ndarray | None,
-               start_features: np.ndarray | None, config: StitchConfig) -> np.ndarray:
+               start_features: np.ndarray | None, config: StitchConfig, fps: float) -> np.ndarray:
     """Cost of continuing each ending tracklet with each starting one (ends x starts); inf = forbidden."""
     cost = np.full((len(ends), len(starts)), np.inf)
     if not len(ends) or not len(starts):
@@ -96,7 +101,7 @@ def link_costs(ends: Sequence[Endpoint], starts: Sequence[Endpoint], end_feature
     for i, a in enumerate(ends):
         for j, b in enumerate(starts):
             gap = b.frame - a.frame
-            if not 1 <= gap <= config.max_gap:
+            if gap < 1 or gap / fps > config.max_gap_s:
                 continue
             scale = b.height / max(a.height, 1e-6)
             if not 1.0 / config.max_scale_change <= scale <= config.max_scale_change:
@@ -104,7 +109,7 @@ def link_costs(ends: Sequence[Endpoint], starts: Sequence[Endpoint], end_feature
             forward = a.centre + a.velocity * gap / 2
             backward = b.centre - b.velocity * gap / 2
             error = np.linalg.norm(forward - backward) / ((a.height + b.height) / 2)
-            reach = config.base_reach + config.reach_per_frame * gap
+            reach = config.base_reach + config.reach_per_s * gap / fps
             if error > reach or app[i, j] > config.max_appearance:
                 continue
             w = config.appearance_weight
@@ -121,19 +126,23 @@ def _at_border(box: np.ndarray, frame_size: tuple[int, int] | None, margin: floa
 
 
 def stitch_chains(tracks: Sequence[Track], features: np.ndarray | None, config: StitchConfig | None = None,
-                  frame_size: tuple[int, int] | None = None) -> list[list[int]]:
+                  frame_size: tuple[int, int] | None = None, *, fps: float) -> list[list[int]]:
     """Group tracklets into chains of one person each: lists of indices into ``tracks``, in time order.
 
     ``features``: one appearance feature per tracklet (rows), or None to link by motion alone;
-    ``frame_size``: (width, height), to recognise exits and entries at the border (None: no border).
+    ``frame_size``: (width, height), to recognise exits and entries at the border (None: no border);
+    ``fps``: the video's frame rate, which turns the config's seconds into frames.
     Every tracklet appears in exactly one chain; a chain never holds two tracklets that overlap in time.
     """
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive frame rate, got {fps}")
     config = config or StitchConfig()
     if not tracks:
         return []
-    ends = [endpoint(t.observations, at_start=False, window=config.velocity_window) for t in tracks]
-    starts = [endpoint(t.observations, at_start=True, window=config.velocity_window) for t in tracks]
-    cost = link_costs(ends, starts, features, features, config)
+    window = config.velocity_window_s * fps
+    ends = [endpoint(t.observations, at_start=False, window=window) for t in tracks]
+    starts = [endpoint(t.observations, at_start=True, window=window) for t in tracks]
+    cost = link_costs(ends, starts, features, features, config, fps)
     np.fill_diagonal(cost, np.inf)
     margin = config.border_margin
     cost[[_at_border(t.observations[-1][1], frame_size, margin) for t in tracks], :] = np.inf

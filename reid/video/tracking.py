@@ -8,12 +8,12 @@ Hungarian assignment (``scipy.optimize.linear_sum_assignment``) over a gated cos
    distance; pairs with too little overlap or too different a look are forbidden;
 2. lost tracks (unseen for a while, but confirmed) vs the leftovers: re-activation when the person could
    have walked from where the track was last seen to the detection in the elapsed time (at most
-   ``max_speed`` box heights per frame, similar box size) *and* the detection looks like the track - so a
+   ``max_speed`` box heights per second, similar box size) *and* the detection looks like the track - so a
    person who was occluded keeps their id instead of getting a new one;
 3. leftover detections start tentative tracks.
 
 A tentative track is confirmed after ``n_init`` matched detections and dropped if it misses one before;
-a confirmed track that stays unmatched for ``max_age`` frames ends and is reported as finished.
+a confirmed track that stays unmatched for ``max_age_s`` seconds ends and is reported as finished.
 Motion is modelled in ``(cx, cy, aspect, height)`` with noise proportional to the box height, the usual
 choice for pedestrians whose apparent size changes with distance.
 """
@@ -89,26 +89,34 @@ class KalmanBoxFilter:
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    """Frame counts are video frames. ``min_iou``/``max_appearance`` gate round 1; ``reactivate_appearance``
-    and ``max_speed`` gate round 2 (appearance distances are cosine distances, 0..2).
-    ``max_occlusion_for_update``: a detection more covered than this by a box in front of it does not update
-    its track's appearance (its crop shows part of someone else, and would drag the feature towards them).
-    Frame counts were tuned on PETS 2009 S2.L1 with Faster R-CNN detections. The appearance gates belong to
-    the embedder (its ``appearance`` thresholds, set by :func:`reid.video.pipeline.pipeline_config_for`):
-    ``max_appearance`` is the median, ``reactivate_appearance`` the 5th percentile of the distances of a
-    person's running feature to other people's crops (:mod:`reid.video.separability`). The defaults here
-    switch appearance off: it never vetoes a match and never re-activates a lost track on its own."""
+    """Times are seconds and speeds box heights per second, so a setting means the same at any frame rate
+    (the :class:`Tracker` converts with the video's fps). ``n_init`` counts matched detections.
+    ``min_iou``/``max_appearance`` gate round 1; ``reactivate_appearance`` and ``max_speed`` gate round 2
+    (appearance distances are cosine distances, 0..2). ``max_occlusion_for_update``: a detection more covered
+    than this by a box in front of it does not update its track's appearance (its crop shows part of someone
+    else, and would drag the feature towards them).
+
+    ``max_speed`` 0.8 heights/s is a walking-speed prior: about 1.4 m/s (comfortable gait speed, e.g.
+    Bohannon, Age and Ageing 1997) for a person about 1.7 m tall. ``n_init``, ``max_age_s``,
+    ``lost_after_s``, ``min_iou`` and ``iou_weight`` were chosen in this project's first phase on PETS 2009
+    S2.L1 (10 fps, Faster R-CNN detections): in-sample for that footage. The published SORT / DeepSORT
+    defaults (3 detections to confirm, IoU 0.3, about 1-2 s of age) assume a detection on every frame at
+    ~30 fps, not one every 0.4 s as here. The appearance gates belong to the embedder (its ``appearance``
+    thresholds, set by :func:`reid.video.pipeline.pipeline_config_for`): ``max_appearance`` is the median,
+    ``reactivate_appearance`` the 5th percentile of the distances of a person's running feature to other
+    people's crops on held-out identities (:mod:`reid.video.separability`). The defaults here switch
+    appearance off: it never vetoes a match and never re-activates a lost track on its own."""
 
     n_init: int = 5
-    max_age: int = 60
-    lost_after: int = 8
+    max_age_s: float = 6.0
+    lost_after_s: float = 0.8
     iou_weight: float = 0.2
     min_iou: float = 0.1
     max_appearance: float = 2.0
     reactivate_appearance: float = 0.0
     new_track_score: float = 0.0
     feature_momentum: float = 0.8
-    max_speed: float = 0.08
+    max_speed: float = 0.8
     max_occlusion_for_update: float = 0.1
 
 
@@ -151,12 +159,19 @@ def assign_finite(cost: np.ndarray) -> list[tuple[int, int]]:
 
 
 class Tracker:
-    """Call :meth:`step` once per video frame, with detections or ``None`` on frames not detected."""
+    """Call :meth:`step` once per video frame, with detections or ``None`` on frames not detected;
+    ``fps``: the video's frame rate, which turns the config's seconds into frames."""
 
-    def __init__(self, config: TrackerConfig | None = None) -> None:
+    def __init__(self, config: TrackerConfig | None = None, *, fps: float) -> None:
+        if not (np.isfinite(fps) and fps > 0):
+            raise ValueError(f"fps must be a positive frame rate, got {fps}")
         self.config = config or TrackerConfig()
-        self.tracks: list[Track] = []
+        self.fps = float(fps)
         self._next_id = 1
+        self.tracks: list[Track] = []
+
+    def _seconds_since_seen(self, track: Track, frame_index: int) -> float:
+        return (frame_index - track.last_matched_frame) / self.fps
 
     @staticmethod
     def _appearance(tracks: list[Track], features: np.ndarray | None) -> np.ndarray:
@@ -182,8 +197,9 @@ class Tracker:
         matches: list[tuple[int, int]] = []
         occluded = occlusion_fractions(boxes) > cfg.max_occlusion_for_update
 
-        recent = [t for t in self.tracks if frame_index - t.last_matched_frame <= cfg.lost_after]
-        lost = [t for t in self.tracks if t.confirmed and frame_index - t.last_matched_frame > cfg.lost_after]
+        recent = [t for t in self.tracks if self._seconds_since_seen(t, frame_index) <= cfg.lost_after_s]
+        lost = [t for t in self.tracks
+                if t.confirmed and self._seconds_since_seen(t, frame_index) > cfg.lost_after_s]
 
         # Round 1: overlap with the predicted box, vetoed by appearance.
         if recent and unmatched:
@@ -226,7 +242,7 @@ class Tracker:
             missed = track.track_id not in matched_ids
             if missed and not track.confirmed:
                 continue  # a tentative track must be seen on every detection frame until confirmed
-            if missed and frame_index - track.last_matched_frame > cfg.max_age:
+            if missed and self._seconds_since_seen(track, frame_index) > cfg.max_age_s:
                 finished.append(track)
                 continue
             survivors.append(track)
@@ -247,10 +263,9 @@ class Tracker:
     def _reachable(self, track: Track, boxes: np.ndarray, frame_index: int) -> np.ndarray:
         """Could the person of a lost track have walked to each box since it was last seen?"""
         _, last_box, _ = track.observations[-1]
-        gap = frame_index - track.last_matched_frame
         centre = last_box[:2] + last_box[2:] / 2
         centres = boxes[:, :2] + boxes[:, 2:] / 2
-        reach = last_box[3] * (0.5 + self.config.max_speed * gap)
+        reach = last_box[3] * (0.5 + self.config.max_speed * self._seconds_since_seen(track, frame_index))
         scale = boxes[:, 3] / last_box[3]
         return (np.linalg.norm(centres - centre, axis=1) <= reach) & (scale > 0.67) & (scale < 1.5)
 
