@@ -25,8 +25,8 @@ def demo(*args):
     )
 
 
-def write_clip(path, frames, size=(160, 120), fourcc="MJPG"):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10.0, size)
+def write_clip(path, frames, size=(160, 120), fourcc="MJPG", fps=10.0):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, size)
     assert writer.isOpened()
     for frame in frames:
         writer.write(frame)
@@ -93,12 +93,14 @@ def test_demo_on_shipped_clip_writes_everything_and_appends_to_gallery(tmp_path,
 
 
 def test_video_without_people(tmp_path):
-    clip = write_clip(tmp_path / "empty.avi", [np.full((120, 160, 3), 90, np.uint8)] * 12)
-    result = demo(clip, "--gallery", tmp_path / "g", "--output", tmp_path / "out", "--detect-every", 1,
+    clip = write_clip(tmp_path / "empty.avi", [np.full((120, 160, 3), 90, np.uint8)] * 12, fps=25.0)
+    result = demo(clip, "--gallery", tmp_path / "g", "--output", tmp_path / "out",
                   "--embedder", "handcrafted")  # no person, no crop: the embedder never runs
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["frames_read"] == 12 and summary["tracks"] == 0 and summary["identities_in_run"] == 0
+    # The default stride is 0.4 s of video: 10 frames at 25 fps, so frames 0 and 10 are detected.
+    assert summary["settings"]["detect_every"] == 10 and summary["detection_frames"] == 2
     assert (tmp_path / "out" / "tracks.txt").read_text() == ""
     assert cv2.imread(str(tmp_path / "out" / "contact_sheet.png")) is not None
 

@@ -84,7 +84,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--detect-every",
         type=int,
         default=None,
-        help="run the detector on every K-th frame, track in between (default: 4; 1 with --detections)",
+        help="run the detector on every K-th frame, track in between (default: every 0.4 s of video, "
+        "i.e. 4 frames at 10 fps, 10 at 25 fps; 1 with --detections)",
     )
     parser.add_argument(
         "--resize",
@@ -230,7 +231,7 @@ def write_outputs(
 def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     output = Path(args.output)
-    detect_every = args.detect_every or (1 if args.detections else 4)
+    detect_every = args.detect_every or (1 if args.detections else None)  # None: by the video's fps
     # Cheap checks first (the source, the detections, the frame size), the re-ID model last, and all of it
     # before the gallery is created.
     reader = VideoReader(args.video, read_timeout_s=args.read_timeout, max_frames=args.max_frames,
@@ -284,7 +285,7 @@ def run(args: argparse.Namespace) -> dict:
             live_video = live_writer.commit() if live_writer is not None else None
             live_writer = None
             summary = write_outputs(args, result, store, output, live_video, started)
-            summary["settings"]["detect_every"] = detect_every
+            summary["settings"]["detect_every"] = result.detect_every
             summary["settings"]["detector"] = detector.name
             summary["settings"]["embedder"] = embedder.model_name
             atomic_write_json(output / "summary.json", summary)

@@ -32,6 +32,11 @@ from reid.video.tracking import Track, Tracker, TrackerConfig, TrackerStep, trac
 
 logger = logging.getLogger(__name__)
 
+DETECTION_INTERVAL_S = 0.4
+"""Default time between two detection frames: 4 frames at 10 fps, 10 at 25 fps. In seconds, so that the
+motion between two detections, which the tracker's IoU gate and the confirmation count see, is the same at
+any frame rate."""
+
 LiveBoxes = list[tuple[int, np.ndarray]]
 """(track_id, box_xywh) of the confirmed tracks in the current frame."""
 FrameCallback = Callable[[int, np.ndarray, LiveBoxes], None]
@@ -39,14 +44,16 @@ FrameCallback = Callable[[int, np.ndarray, LiveBoxes], None]
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """``min_track_detections``: matched detections a track needs to enter the gallery;
+    """``detect_every``: run the detector on every k-th frame (None: every :data:`DETECTION_INTERVAL_S` of
+    video, by the video's fps); ``min_track_detections``: matched detections a track needs to enter the
+    gallery;
     ``crops_per_track``: crops stored per track; ``evidence_capacity``: best observations averaged into the
     track feature; ``max_interpolation_gap_s``: longest gap (seconds) filled between two detections;
     ``stitch``: offline tracklet stitching for file inputs (None: every track goes to the gallery as it ends,
     as for live streams); ``covisible_max_fpr``: for file inputs, cap the gallery threshold so that at most
     this share of the video's co-visible (different-person) track pairs would match (None: no cap)."""
 
-    detect_every: int = 3
+    detect_every: int | None = None
     min_track_detections: int = 5
     crops_per_track: int = 4
     evidence_capacity: int = 8
@@ -57,10 +64,17 @@ class PipelineConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
 
     def __post_init__(self) -> None:
-        if self.detect_every < 1:
+        if self.detect_every is not None and self.detect_every < 1:
             raise ValueError(f"detect_every must be >= 1, got {self.detect_every}")
         if self.crops_per_track < 1 or self.evidence_capacity < self.crops_per_track:
             raise ValueError("need 1 <= crops_per_track <= evidence_capacity")
+
+
+def detection_stride(config: PipelineConfig, fps: float) -> int:
+    """The config's ``detect_every``, else the frames in :data:`DETECTION_INTERVAL_S` at ``fps`` (>= 1)."""
+    if config.detect_every is not None:
+        return config.detect_every
+    return max(1, round(DETECTION_INTERVAL_S * fps))
 
 
 def pipeline_config_for(embedder: Embedder, **overrides) -> PipelineConfig:
@@ -98,6 +112,8 @@ class FinishedTrack:
 class VideoRunResult:
     info: VideoInfo
     video_id: int
+    detect_every: int = 1
+    """The detection stride this run used (the config's, or the one derived from the video's fps)."""
     frames_read: int = 0
     seconds: float = 0.0
     detection_frames: int = 0
@@ -144,7 +160,8 @@ class VideoToGallery:
         info = reader.info
         video_id = self.store.register_video(info.source, camera_id=self.camera_id, fps=info.fps,
                                              num_frames=info.num_frames, width=info.width, height=info.height)
-        result = VideoRunResult(info=info, video_id=video_id)
+        result = VideoRunResult(info=info, video_id=video_id,
+                                detect_every=detection_stride(self.config, info.fps))
         tracker = Tracker(self.config.tracker, fps=info.fps)
         evidence: dict[int, TrackEvidence] = {}
         # A file is over when it ends, so its tracklets can be stitched and its tracks compared before they
@@ -158,7 +175,7 @@ class VideoToGallery:
         # A live source ends with Ctrl-C or a stall: what was seen until then still reaches the gallery.
         try:
             for index, frame in tqdm(reader, total=total, desc="frames", unit="frame", disable=not progress):
-                if index % self.config.detect_every == 0:
+                if index % result.detect_every == 0:
                     step = self._detect_and_track(tracker, evidence, index, frame, info.fps, result)
                 else:
                     step = tracker.step(index)
