@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from reid.video.boxes import intersection_over_area, iou_matrix
 from reid.video.detection import build_detector
 from reid.video.ssdlite import (
     BOX_CODER_SCALES,
@@ -25,6 +26,7 @@ from reid.video.ssdlite import (
     ssd_anchors,
     tile_batch,
     tile_grid,
+    whole_view_keep,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -201,3 +203,41 @@ def test_missing_model_file_is_one_clear_error(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(DetectorUnavailableError, match="could not load"):
         SsdlitePersonDetector(bad)
+
+
+def test_whole_view_adds_only_people_too_tall_for_the_tiles():
+    # Frame boxes x, y, w, h; views 0 and 1 are tiles, 2 the whole frame; tiles see people up to 100 px whole.
+    boxes = np.array([
+        [10, 10, 30, 80],     # 0: whole view, short: the tiles see such people better -> dropped
+        [100, 10, 60, 200],   # 1: whole view, tall, a tile saw a similar-height person inside -> dropped
+        [105, 15, 50, 180],   # 2: tile, uncut, similar height: explains box 1 -> kept
+        [300, 10, 80, 300],   # 3: whole view, tall, only a head-and-shoulders inside -> kept
+        [310, 15, 60, 90],    # 4: tile, uncut, a third of box 3's height: a part of that person -> dropped
+        [500, 10, 20, 60],    # 5: tile, a small person elsewhere -> kept
+    ], float)
+    views = np.array([2, 2, 0, 2, 1, 0])
+    cut = np.zeros(6, bool)
+    keep = whole_view_keep(boxes, views, cut, whole_view=2, min_height=100.0)
+    assert keep.tolist() == [False, False, True, True, False, True]
+    # A tile box cut by its border explains nothing: the tall person seen only in pieces is kept.
+    assert whole_view_keep(boxes[1:3], views[1:3], np.array([False, True]), 2, 100.0).tolist() == [True, True]
+
+
+def test_a_person_filling_the_frame_is_found_whole(clip_frame):
+    # Zoom the clip's tallest person until they fill 80 % of a 768x576 frame: every 3x3 tile cuts them.
+    detector = SsdlitePersonDetector()
+    x, y, w, h = max(detector(clip_frame, 0).boxes, key=lambda b: b[3])
+    crop_h = h / 0.8
+    x0, y0 = int(max(0, x + w / 2 - crop_h * 2 / 3)), int(max(0, y + h / 2 - crop_h / 2))
+    zoomed = cv2.resize(clip_frame[y0:int(y0 + crop_h), x0:int(x0 + crop_h * 4 / 3)], (768, 576))
+    reference = SsdlitePersonDetector(tiles=(1, 1))(zoomed, 0)
+    tall = reference.boxes[reference.boxes[:, 3] > 0.6 * 576]
+    assert len(tall) >= 1
+    found = detector(zoomed, 0).boxes
+    assert iou_matrix(tall, found).max(axis=1).min() >= 0.7
+    # Nothing else is left inside that person (no parts found by single tiles) ...
+    inside = intersection_over_area(found, tall).max(axis=1)
+    assert (inside >= 0.5).sum() == len(tall)
+    # ... and the tiles alone do not find them whole.
+    tiles_only = SsdlitePersonDetector(whole_frame=False)(zoomed, 0).boxes
+    assert len(tiles_only) == 0 or iou_matrix(tall, tiles_only).max() < 0.7
