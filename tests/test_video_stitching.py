@@ -8,7 +8,7 @@ from reid.evaluation.distance import pairwise_distances
 from reid.video.boxes import iou_matrix
 from reid.video.descriptor import APPEARANCE_THRESHOLDS, describe_crops
 from reid.video.self_calibration import covisible_distances, video_match_threshold
-from reid.video.stitching import StitchConfig, endpoint, merge_tracks, stitch_chains
+from reid.video.stitching import Endpoint, StitchConfig, endpoint, link_costs, merge_tracks, stitch_chains
 from reid.video.tracking import Tracker, TrackerConfig
 
 
@@ -72,6 +72,43 @@ def test_stitching_by_motion_alone_and_never_links_overlapping_or_exiting_trackl
     assert stitch_chains([fast_a, fast_b], None, fps=30.0) == [[0, 1]]
     late = tracklet(2, range(80, 100), (100, 100), (4, 0))
     assert len(stitch_chains([a, late], None, StitchConfig(base_reach=100.0), fps=10.0)) == 2
+
+
+def _link_cost_reference(a, b, app, config, fps):
+    """One pair, written out: the rules of the module docstring."""
+    gap = b.frame - a.frame
+    if gap < 1 or gap / fps > config.max_gap_s:
+        return np.inf
+    scale = b.height / max(a.height, 1e-6)
+    if not 1 / config.max_scale_change <= scale <= config.max_scale_change:
+        return np.inf
+    error = np.linalg.norm((a.centre + a.velocity * gap / 2) - (b.centre - b.velocity * gap / 2))
+    error /= (a.height + b.height) / 2
+    reach = config.base_reach + config.reach_per_s * gap / fps
+    if error > reach or app > config.max_appearance:
+        return np.inf
+    w = config.appearance_weight
+    return (1 - w) * error / reach + w * app / config.max_appearance
+
+
+def test_link_costs_match_the_per_pair_rules():
+    rng = np.random.default_rng(3)
+
+    def points(n):
+        return [Endpoint(int(rng.integers(0, 120)), rng.uniform(0, 300, 2), rng.normal(0, 2, 2),
+                         float(rng.uniform(40, 120))) for _ in range(n)]
+
+    ends, starts = points(40), points(35)
+    end_feats, start_feats = rng.normal(size=(40, 8)), rng.normal(size=(35, 8))
+    config = StitchConfig(max_appearance=0.9, base_reach=1.0)
+    fps = 12.5
+    cost = link_costs(ends, starts, end_feats, start_feats, config, fps)
+    app = pairwise_distances(end_feats, start_feats, "cosine")
+    expected = np.array([[_link_cost_reference(a, b, app[i, j], config, fps) for j, b in enumerate(starts)]
+                         for i, a in enumerate(ends)])
+    assert np.isfinite(expected).sum() > 20 and np.isinf(expected).sum() > 20  # both outcomes are exercised
+    np.testing.assert_array_equal(np.isfinite(cost), np.isfinite(expected))
+    np.testing.assert_allclose(cost[np.isfinite(cost)], expected[np.isfinite(expected)], rtol=1e-12)
 
 
 def test_stitch_config_rejects_nonsense():

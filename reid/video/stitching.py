@@ -90,7 +90,9 @@ def endpoint(observations: Sequence[tuple[int, np.ndarray, float]], *, at_start:
 
 def link_costs(ends: Sequence[Endpoint], starts: Sequence[Endpoint], end_features: np.ndarray | None,
                start_features: np.ndarray | None, config: StitchConfig, fps: float) -> np.ndarray:
-    """Cost of continuing each ending tracklet with each starting one (ends x starts); inf = forbidden."""
+    """Cost of continuing each ending tracklet with each starting one (ends x starts); inf = forbidden.
+
+    All pairs at once (an hour of busy footage has thousands of tracklets: millions of pairs)."""
     cost = np.full((len(ends), len(starts)), np.inf)
     if not len(ends) or not len(starts):
         return cost
@@ -98,22 +100,27 @@ def link_costs(ends: Sequence[Endpoint], starts: Sequence[Endpoint], end_feature
     if end_features is not None and start_features is not None:
         app = pairwise_distances(np.asarray(end_features, np.float64), np.asarray(start_features, np.float64),
                                  "cosine")
-    for i, a in enumerate(ends):
-        for j, b in enumerate(starts):
-            gap = b.frame - a.frame
-            if gap < 1 or gap / fps > config.max_gap_s:
-                continue
-            scale = b.height / max(a.height, 1e-6)
-            if not 1.0 / config.max_scale_change <= scale <= config.max_scale_change:
-                continue
-            forward = a.centre + a.velocity * gap / 2
-            backward = b.centre - b.velocity * gap / 2
-            error = np.linalg.norm(forward - backward) / ((a.height + b.height) / 2)
-            reach = config.base_reach + config.reach_per_s * gap / fps
-            if error > reach or app[i, j] > config.max_appearance:
-                continue
-            w = config.appearance_weight
-            cost[i, j] = (1 - w) * error / reach + w * app[i, j] / max(config.max_appearance, 1e-12)
+    end_frame, start_frame = (np.array([e.frame for e in points], np.float64) for points in (ends, starts))
+    end_height, start_height = (np.array([e.height for e in points], np.float64) for points in (ends, starts))
+    gap = start_frame[None, :] - end_frame[:, None]
+    scale = start_height[None, :] / np.maximum(end_height, 1e-6)[:, None]
+    admissible = ((gap >= 1) & (gap / fps <= config.max_gap_s)
+                  & (scale >= 1.0 / config.max_scale_change) & (scale <= config.max_scale_change))
+    rows, cols = np.nonzero(admissible)
+    if not len(rows):
+        return cost
+    gap = gap[rows, cols][:, None]
+    end_centre, end_velocity = (np.stack([getattr(e, k) for e in ends]) for k in ("centre", "velocity"))
+    start_centre, start_velocity = (np.stack([getattr(e, k) for e in starts]) for k in ("centre", "velocity"))
+    forward = end_centre[rows] + end_velocity[rows] * gap / 2
+    backward = start_centre[cols] - start_velocity[cols] * gap / 2
+    error = np.linalg.norm(forward - backward, axis=1) / ((end_height[rows] + start_height[cols]) / 2)
+    reach = config.base_reach + config.reach_per_s * gap[:, 0] / fps
+    pair_app = app[rows, cols]
+    ok = (error <= reach) & (pair_app <= config.max_appearance)
+    w = config.appearance_weight
+    cost[rows[ok], cols[ok]] = ((1 - w) * error[ok] / reach[ok]
+                                + w * pair_app[ok] / max(config.max_appearance, 1e-12))
     return cost
 
 
