@@ -58,6 +58,25 @@ def test_kalman_learns_constant_velocity():
     np.testing.assert_allclose(kf.box, [90.0, 30.0, 20.0, 50.0], atol=1.0)
 
 
+def test_kalman_noise_is_per_second_not_per_frame():
+    # The same walk (30 px/s, observed every 0.4 s) filmed at 10 fps (4 predictions between updates) and at
+    # 30 fps (12): the predicted box, its spread and the speed in px/s agree.
+    results = {}
+    for fps, steps in ((10.0, 4), (30.0, 12)):
+        kf = KalmanBoxFilter(np.array([0.0, 0.0, 30.0, 80.0]), fps)
+        for n in range(1, 8):
+            for _ in range(steps):
+                kf.predict()
+            kf.update(np.array([12.0 * n, 0.0, 30.0, 80.0]))
+        for _ in range(steps):
+            kf.predict()
+        results[fps] = (kf.box, np.sqrt(np.diag(kf.cov)[:4]), kf.mean[4] * fps)
+    (box10, std10, speed10), (box30, std30, speed30) = results[10.0], results[30.0]
+    np.testing.assert_allclose(box30, box10, atol=0.05)
+    np.testing.assert_allclose(std30, std10, rtol=0.01)  # per-frame noise would give 12/4 x the variance
+    assert abs(speed10 - 30.0) < 1.0 and abs(speed30 - speed10) < 0.05
+
+
 def test_one_track_per_walker_with_detection_stride():
     walkers = [
         ((0, 50), (4, 0), (0, 0, 200)),

@@ -46,18 +46,33 @@ def xyah_to_xywh(state: np.ndarray) -> np.ndarray:
     return np.array([cx - w / 2, cy - h / 2, w, h])
 
 
+NOISE_REFERENCE_FPS = 10.0
+"""Frame rate at which :class:`KalmanBoxFilter`'s per-step noise has DeepSORT's values (the rate the tracker's
+settings were chosen at); at other rates the noise per step is rescaled to the same noise per second."""
+
+
 class KalmanBoxFilter:
-    """Constant-velocity Kalman filter over ``(cx, cy, a, h)`` and their velocities (per frame)."""
+    """Constant-velocity Kalman filter over ``(cx, cy, a, h)`` and their velocities (per frame).
+
+    Noise proportional to the box height, with DeepSORT's weights (Wojke et al. 2017: 1/20 of the height for
+    positions, 1/160 per step for velocities) at :data:`NOISE_REFERENCE_FPS`. At ``fps`` the process noise
+    per step is that of a continuous random walk over 1/fps s: position std times sqrt(ref/fps), velocity
+    (px per frame) std times (ref/fps)**1.5, the starting velocity std times ref/fps; so 12 predictions at
+    30 fps spread a box as far as 4 at 10 fps."""
 
     _POS_STD = 1.0 / 20
     _VEL_STD = 1.0 / 160
 
-    def __init__(self, box_xywh: np.ndarray) -> None:
+    def __init__(self, box_xywh: np.ndarray, fps: float = NOISE_REFERENCE_FPS) -> None:
+        ratio = NOISE_REFERENCE_FPS / float(fps)
+        self._pos_step = self._POS_STD * np.sqrt(ratio)
+        self._vel_step = self._VEL_STD * ratio**1.5
         measurement = xywh_to_xyah(box_xywh)
         self.mean = np.r_[measurement, np.zeros(4)]
         h = measurement[3]
+        velocity_std = 10 * self._VEL_STD * ratio * h
         std = np.array([2 * self._POS_STD * h, 2 * self._POS_STD * h, 1e-2, 2 * self._POS_STD * h,
-                        10 * self._VEL_STD * h, 10 * self._VEL_STD * h, 1e-5, 10 * self._VEL_STD * h])
+                        velocity_std, velocity_std, 1e-5 * ratio, velocity_std])
         self.cov = np.diag(std**2)
         self._motion = np.eye(8)
         self._motion[:4, 4:] = np.eye(4)
@@ -65,8 +80,9 @@ class KalmanBoxFilter:
 
     def predict(self) -> None:
         h = self.mean[3]
-        std = np.array([self._POS_STD * h, self._POS_STD * h, 1e-2, self._POS_STD * h,
-                        self._VEL_STD * h, self._VEL_STD * h, 1e-5, self._VEL_STD * h])
+        pos, vel = self._pos_step * h, self._vel_step * h
+        std = np.array([pos, pos, 1e-2 * self._pos_step / self._POS_STD, pos,
+                        vel, vel, 1e-5 * self._vel_step / self._VEL_STD, vel])
         self.mean = self._motion @ self.mean
         self.cov = self._motion @ self.cov @ self._motion.T + np.diag(std**2)
         self.mean[3] = max(self.mean[3], 1.0)
@@ -251,7 +267,8 @@ class Tracker:
         for d in unmatched:
             if scores[d] < cfg.new_track_score:
                 continue
-            track = Track(self._next_id, KalmanBoxFilter(boxes[d]), None, last_matched_frame=frame_index)
+            track = Track(self._next_id, KalmanBoxFilter(boxes[d], self.fps), None,
+                          last_matched_frame=frame_index)
             self._next_id += 1
             self._observe(track, frame_index, boxes[d], float(scores[d]),
                           None if features is None else features[d])
