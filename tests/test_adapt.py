@@ -145,6 +145,7 @@ def test_adapt_tool_runs_the_pipeline_and_writes_a_loadable_model_that_an_old_ga
     assert all(np.isfinite(r["tracklet_id"]) for r in report["result"]["history"])  # the TAUDL head trained
     tracks = out / "pipeline" / "cam7" / "tracks.txt"  # the tracks it was adapted to stay beside it
     assert report["footage"][0]["tracks"] == str(tracks) and report["footage"][0]["camera_id"] == 7
+    assert report["footage"][0]["every"] == 2  # a crop every 0.2 s of the 10 fps clip
     assert set(read_mot_file(tracks).ids.tolist()) == set(PEOPLE)
     with sqlite3.connect(gallery / DB_FILENAME) as db:
         assert db.execute("SELECT DISTINCT camera_id FROM tracks").fetchall() == [(7,)]

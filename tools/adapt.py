@@ -38,11 +38,15 @@ from reid.shipped import DEFAULT_MODEL, SHIPPED_CHECKPOINT
 from reid.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256, staged_folder
 from reid.video.detection import DetectorUnavailableError
 from reid.video.mot_io import MotFormatError, read_mot_file
-from reid.video.reader import VideoSourceError
+from reid.video.reader import VideoReader, VideoSourceError
 
 PIPELINE_DIR = "pipeline"
 OUTPUT_NAMES = frozenset({"model.pt", "model_card.md", "adapt.json", PIPELINE_DIR})
 logger = logging.getLogger("adapt")
+
+CROP_INTERVAL_S = 0.2
+"""Default time between two crops kept from a track, so that --min-crops means the same length of clean track
+(1.6 s for 8 crops) at any frame rate; 2 frames at 10 fps, the setting adapt was measured with."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,7 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--out", required=True, type=Path, help="folder for model.pt, model_card.md, adapt.json"
     )
     parser.add_argument("--min-crops", type=int, default=8, help="clear crops a track needs to be used")
-    parser.add_argument("--every", type=int, default=2, help="keep every K-th frame of a track")
+    parser.add_argument("--every", type=int, default=None,
+                        help="keep every K-th frame of a track (default: every 0.2 s of video, i.e. 2 frames "
+                        "at 10 fps, 5 at 25 fps)")
     parser.add_argument("--min-height", type=float, default=64.0, help="smallest crop height, pixels")
     defaults = AdaptSettings()
     parser.add_argument("--steps", type=int, default=defaults.steps)
@@ -157,12 +163,14 @@ def adapt_to_tracks(
     adapt.json's content (without the model name, known once the checkpoint is written)."""
     tracklets, images, footage = [], {}, []
     for camera, (video, tracks) in enumerate(zip(args.footage, tracks_files, strict=True)):
+        with VideoReader(video) as reader:
+            every = args.every or max(1, round(CROP_INTERVAL_S * reader.info.fps))
         mined = mine_tracklets(
             read_mot_file(tracks),
             camera=camera,
             first_label=len(tracklets),
             min_crops=args.min_crops,
-            every=args.every,
+            every=every,
             min_height=args.min_height,
         )
         images.update(cut_crops(video, [c for t in mined for c in t.crops]))
@@ -172,6 +180,7 @@ def adapt_to_tracks(
                 "video": str(video),
                 "video_sha256": file_sha256(Path(video)),
                 "tracks": recorded[camera],
+                "every": every,
                 "tracklets": len(mined),
             }
         )
@@ -210,7 +219,8 @@ def adapt_to_tracks(
         "crops": sum(len(t.crops) for t in tracklets),
         "covisible_pairs": len(covisible_pairs(tracklets)),
         "settings": vars(settings),
-        "mining": {"min_crops": args.min_crops, "every": args.every, "min_height": args.min_height},
+        "mining": {"min_crops": args.min_crops, "every": args.every or f"{CROP_INTERVAL_S} s of video",
+                   "min_height": args.min_height},
         "result": result.as_dict(),
     }
 
