@@ -175,7 +175,7 @@ def test_covisible_pairs_whose_boxes_touch_are_not_negatives():
     )
 
 
-def test_video_threshold_stays_below_the_closest_different_people():
+def test_video_threshold_stays_below_the_closest_different_people(caplog):
     rng = np.random.default_rng(1)
     feats = rng.normal(size=(12, 8))
     spans = [(0, 100)] * 12  # everyone is visible together: 66 negative pairs
@@ -186,4 +186,6 @@ def test_video_threshold_stays_below_the_closest_different_people():
     assert np.mean(negatives <= loose) <= 0.1 < np.mean(negatives <= np.sort(negatives)[7])
     # never above the gallery's; and the gallery's when there are too few pairs to measure
     assert video_match_threshold(spans, feats, ceiling=0.01, metric="cosine", max_fpr=0.1) == 0.01
-    assert video_match_threshold(spans[:3], feats[:3], ceiling=0.5, metric="cosine") == 0.5
+    with caplog.at_level("WARNING"):
+        assert video_match_threshold(spans[:3], feats[:3], ceiling=0.5, metric="cosine") == 0.5
+    assert "only 3 pair(s)" in caplog.text and "--match-threshold" in caplog.text  # said, not silent

@@ -71,6 +71,10 @@ def video_match_threshold(spans: Sequence[tuple[int, int]], features: np.ndarray
     ``min_pairs`` such pairs to measure. ``boxes``: see :func:`covisible_distances`."""
     negatives = covisible_distances(spans, features, metric=metric, boxes=boxes)
     if len(negatives) < min_pairs:
+        logger.warning("only %d pair(s) of tracks seen apart at the same time (%d needed): the gallery "
+                       "threshold %.4f, calibrated on the model's training data, is not checked against this "
+                       "footage; if different people merge here, set --match-threshold lower",
+                       len(negatives), min_pairs, ceiling)
         return float(ceiling)
     # The largest distance that at most max_fpr of the negatives reach (the FPR target of
     # reid.gallery.calibration.calibrate_threshold; only the negatives matter for it).
