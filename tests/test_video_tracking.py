@@ -1,8 +1,10 @@
 """Tracker behaviour on generated walkers: one id per walker, ids kept through crossings and gaps."""
 
 import numpy as np
+import pytest
 
 from reid.video.descriptor import APPEARANCE_THRESHOLDS, describe_crops
+from reid.video.self_calibration import CovisibleNegatives
 from reid.video.tracking import KalmanBoxFilter, Tracker, TrackerConfig, track_rows
 
 
@@ -140,3 +142,49 @@ def test_times_are_seconds_whatever_the_frame_rate():
         tracker.step(0, np.array([[100.0, 100, 30, 80]]), np.ones(1), None)
         ended = [f for f in range(1, int(4 * fps)) if tracker.step(f, np.zeros((0, 4))).finished]
         assert ended == [int(2 * fps) + 1], (fps, ended)
+
+
+def test_covisible_negatives_cap_a_gate_at_this_footages_percentile():
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0.2, 0.8, 300)
+    negatives = CovisibleNegatives(min_count=50, capacity=200)
+    negatives.add(values[:49])
+    assert negatives.cap(0.9, 50.0) == 0.9  # too few to judge this footage: the model's gate
+    negatives.add(values[49:])
+    assert len(negatives) == 200  # the most recent 200
+    assert negatives.cap(0.9, 50.0) == pytest.approx(np.percentile(values[-200:], 50.0))
+    assert negatives.cap(0.1, 50.0) == 0.1  # never raised above the model's
+
+
+def test_tracker_collects_distances_to_other_people_and_gates_with_them():
+    # Two walkers far apart and a third whose box touches the first's: negatives are the running feature of
+    # each matched track against the crops of the detections whose boxes do not touch its own.
+    walkers = [((100, 100), (4, 0), (0, 0, 200)), ((100, 400), (4, 0), (200, 0, 0)),
+               ((120, 120), (4, 0), (0, 200, 0))]
+    negatives = CovisibleNegatives(min_count=10**6)  # collect only: the gates stay the model's
+    tracker = Tracker(TrackerConfig(n_init=1), fps=10.0, negatives=negatives)
+    running, expected = {}, []
+    for f in range(6):
+        boxes = np.array([walker_box(*w[:2], f) for w in walkers])
+        feats = describe_crops([colour_crop(w[2], f * 10 + i) for i, w in enumerate(walkers)])
+        unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
+        if f:
+            for a, b in ((0, 1), (1, 0), (1, 2), (2, 1)):  # 0 and 2 touch: never a pair
+                expected.append(1.0 - running[a] @ unit[b] / np.linalg.norm(running[a]))
+        for i in range(3):
+            if i == 0 and i in running:
+                continue  # walker 2 is in front of walker 0: an occluded crop does not update its look
+            mixed = unit[i] if i not in running else 0.8 * running[i] + 0.2 * unit[i]
+            running[i] = mixed / np.linalg.norm(mixed)
+        tracker.step(f, boxes, np.ones(3), feats)
+    np.testing.assert_allclose(sorted(negatives.distances()), sorted(expected), atol=1e-6)  # float32 features
+    # Once this footage says different people are 0.05 apart, a look 0.5 away vetoes an overlapping box.
+    red, blue = describe_crops([colour_crop((0, 0, 220), 1), colour_crop((220, 0, 0), 2)])
+    for calibrated in (False, True):
+        negatives = CovisibleNegatives(min_count=10)
+        if calibrated:
+            negatives.add(np.full(20, 0.05))
+        tracker = Tracker(TrackerConfig(n_init=1), fps=10.0, negatives=negatives)
+        tracker.step(0, np.array([[100.0, 100, 30, 80]]), np.ones(1), red[None])
+        tracker.step(1, np.array([[102.0, 100, 30, 80]]), np.ones(1), blue[None])
+        assert len(tracker.tracks) == (2 if calibrated else 1)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from tqdm import tqdm
@@ -26,7 +26,13 @@ from reid.video.detection import Detections, Detector
 from reid.video.embedder import Embedder
 from reid.video.quality import QualityConfig, crop_quality
 from reid.video.reader import VideoInfo, VideoReader, VideoStallError
-from reid.video.self_calibration import video_match_threshold
+from reid.video.self_calibration import (
+    MIN_COVISIBLE_PAIRS,
+    CovisibleNegatives,
+    covisible_distances,
+    video_match_threshold,
+)
+from reid.video.separability import REACTIVATION_PERCENTILE, VETO_PERCENTILE
 from reid.video.stitching import StitchConfig, merge_tracks, stitch_chains
 from reid.video.tracking import Track, Tracker, TrackerConfig, TrackerStep, track_rows
 
@@ -51,7 +57,10 @@ class PipelineConfig:
     track feature; ``max_interpolation_gap_s``: longest gap (seconds) filled between two detections;
     ``stitch``: offline tracklet stitching for file inputs (None: every track goes to the gallery as it ends,
     as for live streams); ``covisible_max_fpr``: for file inputs, cap the gallery threshold so that at most
-    this share of the video's co-visible (different-person) track pairs would match (None: no cap)."""
+    this share of the video's co-visible (different-person) track pairs would match (None: no cap);
+    ``calibrate_gates``: cap the tracker's and the stitcher's appearance gates at the same percentiles of this
+    video's own different-person distances (:mod:`reid.video.self_calibration`); off for an embedder without
+    calibrated gates, which is tracked by motion alone."""
 
     detect_every: int | None = None
     min_track_detections: int = 5
@@ -61,6 +70,7 @@ class PipelineConfig:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     stitch: StitchConfig | None = field(default_factory=StitchConfig)
     covisible_max_fpr: float | None = 0.0
+    calibrate_gates: bool = True
     quality: QualityConfig = field(default_factory=QualityConfig)
 
     def __post_init__(self) -> None:
@@ -90,6 +100,7 @@ def pipeline_config_for(embedder: Embedder, **overrides) -> PipelineConfig:
                        "only (calibrate them with tools/calibrate_threshold.py --dataset-root ... "
                        "--checkpoint ... --write-thresholds)", embedder.model_name)
         tracker, stitch = TrackerConfig(), StitchConfig(appearance_weight=0.0)
+        overrides.setdefault("calibrate_gates", False)
     else:
         tracker = TrackerConfig(max_appearance=gates.tracker_veto, reactivate_appearance=gates.reactivation)
         stitch = StitchConfig(max_appearance=gates.stitch)
@@ -162,7 +173,8 @@ class VideoToGallery:
                                              num_frames=info.num_frames, width=info.width, height=info.height)
         result = VideoRunResult(info=info, video_id=video_id,
                                 detect_every=detection_stride(self.config, info.fps))
-        tracker = Tracker(self.config.tracker, fps=info.fps)
+        negatives = CovisibleNegatives() if self.config.calibrate_gates else None
+        tracker = Tracker(self.config.tracker, fps=info.fps, negatives=negatives)
         evidence: dict[int, TrackEvidence] = {}
         # A file is over when it ends, so its tracklets can be stitched and its tracks compared before they
         # enter the gallery; a live stream gets online tracks, each stored as it ends.
@@ -195,6 +207,13 @@ class VideoToGallery:
             result.stopped_by = f"{type(exc).__name__}: {exc}".rstrip(": ")
             logger.warning("stopped reading after %d frames (%s); finishing the tracks seen so far",
                            result.frames_read, result.stopped_by)
+        if negatives is not None:
+            gates = self.config.tracker
+            logger.info("tracker gates from %d different-person distances of this video: veto %.3f (model "
+                        "%.3f), re-find %.3f (model %.3f)", len(negatives),
+                        negatives.cap(gates.max_appearance, VETO_PERCENTILE), gates.max_appearance,
+                        negatives.cap(gates.reactivate_appearance, REACTIVATION_PERCENTILE),
+                        gates.reactivate_appearance)
         pending += [(track, evidence.pop(track.track_id, None)) for track in tracker.finish_all()]
         threshold = None
         if offline:
@@ -233,8 +252,11 @@ class VideoToGallery:
             for _, bank in finished
         ]) if finished else None
         tracks = [track for track, _ in finished]
+        config = self.config.stitch
+        if self.config.calibrate_gates and finished:
+            config = self._calibrated_stitch_gate(finished, features)
         stitched = []
-        for chain in stitch_chains(tracks, features, self.config.stitch, frame_size, fps=fps):
+        for chain in stitch_chains(tracks, features, config, frame_size, fps=fps):
             parts = [finished[i] for i in chain]
             if len(parts) == 1:
                 stitched.append(parts[0])
@@ -246,6 +268,23 @@ class VideoToGallery:
                     bank.offer(observation)
             stitched.append((merge_tracks([track for track, _ in parts]), bank))
         return stitched
+
+    def _calibrated_stitch_gate(self, finished: list[tuple[Track, TrackEvidence | None]],
+                                features: np.ndarray) -> StitchConfig:
+        """The stitcher's appearance gate capped at the same percentile of this video's co-visible tracklet
+        pairs (certainly different people; only pairs whose boxes never touch)."""
+        rows = [i for i, (_, bank) in enumerate(finished) if bank is not None and len(bank)]
+        tracks = [finished[i][0] for i in rows]
+        negatives = covisible_distances([(t.first_frame, t.observations[-1][0]) for t in tracks],
+                                        features[rows], metric="cosine",
+                                        boxes=[{f: box for f, box, _ in t.observations} for t in tracks])
+        gate = self.config.stitch.max_appearance
+        if len(negatives) < MIN_COVISIBLE_PAIRS:
+            return self.config.stitch
+        capped = min(gate, float(np.percentile(negatives, VETO_PERCENTILE)))
+        logger.info("stitching gate from %d co-visible tracklet pairs of this video: %.3f (model %.3f)",
+                    len(negatives), capped, gate)
+        return replace(self.config.stitch, max_appearance=capped)
 
     def _enters_gallery(self, track: Track, bank: TrackEvidence | None) -> bool:
         return bank is not None and len(track.observations) >= self.config.min_track_detections

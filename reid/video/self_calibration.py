@@ -16,6 +16,7 @@ can swap or share crops, and a single such pair (distance near 0) would set the 
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -23,6 +24,9 @@ import numpy as np
 from reid.gallery.metric import pairwise_distances
 
 logger = logging.getLogger(__name__)
+
+MIN_COVISIBLE_PAIRS = 10
+"""Fewest co-visible track pairs from which a video's own percentile replaces the model's gate."""
 
 
 def covisible_distances(spans: Sequence[tuple[int, int]], features: np.ndarray, *, metric: str,
@@ -64,7 +68,7 @@ def _never_overlap(a: Mapping[int, np.ndarray], b: Mapping[int, np.ndarray]) -> 
 
 
 def video_match_threshold(spans: Sequence[tuple[int, int]], features: np.ndarray, ceiling: float, *,
-                          metric: str, max_fpr: float = 0.02, min_pairs: int = 10,
+                          metric: str, max_fpr: float = 0.02, min_pairs: int = MIN_COVISIBLE_PAIRS,
                           boxes: Sequence[Mapping[int, np.ndarray]] | None = None) -> float:
     """``ceiling`` (the gallery's threshold) lowered so that at most ``max_fpr`` of the co-visible
     (different-person) track pairs of this video would match; ``ceiling`` when there are fewer than
@@ -85,3 +89,35 @@ def video_match_threshold(spans: Sequence[tuple[int, int]], features: np.ndarray
     logger.info("match threshold for this video %.4f (gallery %.4f; %d co-visible pairs, median %.4f)",
                 threshold, ceiling, len(negatives), float(np.median(negatives)))
     return threshold
+
+
+class CovisibleNegatives:
+    """A running sample of this footage's certainly-different-person distances, at the level of the tracker:
+    a track's running feature against the crop of another person detected in the same frame whose box does
+    not touch the track's (the level of :func:`reid.video.separability.running_feature_negatives`).
+
+    The tracker's appearance gates are stated percentiles of such distances on the model's held-out training
+    identities; on footage unlike them every distance shrinks (people of one scene share light, background
+    and camera), and a gate set where different people are 0.98 apart passes nearly everyone where they are
+    0.5 apart. :meth:`cap` lowers a gate to the same percentile of this footage's own distances, once
+    ``min_count`` of them are in; the most recent ``capacity`` are kept, so the gate follows the scene.
+    """
+
+    def __init__(self, min_count: int = 50, capacity: int = 5000) -> None:
+        self.min_count = int(min_count)
+        self._values: deque[float] = deque(maxlen=int(capacity))
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def distances(self) -> np.ndarray:
+        return np.fromiter(self._values, float, count=len(self._values))
+
+    def add(self, distances: np.ndarray) -> None:
+        self._values.extend(float(d) for d in np.ravel(distances))
+
+    def cap(self, gate: float, percentile: float) -> float:
+        """``gate``, or the ``percentile`` of the distances seen so far if lower (once enough are in)."""
+        if len(self._values) < self.min_count:
+            return gate
+        return min(gate, float(np.percentile(self.distances(), percentile)))

@@ -29,6 +29,8 @@ from scipy.optimize import linear_sum_assignment
 from reid.evaluation.distance import pairwise_distances
 from reid.video.boxes import iou_matrix
 from reid.video.quality import occlusion_fractions
+from reid.video.self_calibration import CovisibleNegatives
+from reid.video.separability import REACTIVATION_PERCENTILE, VETO_PERCENTILE
 
 _INFEASIBLE = 1e6
 
@@ -176,13 +178,17 @@ def assign_finite(cost: np.ndarray) -> list[tuple[int, int]]:
 
 class Tracker:
     """Call :meth:`step` once per video frame, with detections or ``None`` on frames not detected;
-    ``fps``: the video's frame rate, which turns the config's seconds into frames."""
+    ``fps``: the video's frame rate, which turns the config's seconds into frames. With ``negatives``, the
+    appearance gates are capped at the same percentiles of this footage's own different-person distances,
+    collected as the video plays (:class:`reid.video.self_calibration.CovisibleNegatives`)."""
 
-    def __init__(self, config: TrackerConfig | None = None, *, fps: float) -> None:
+    def __init__(self, config: TrackerConfig | None = None, *, fps: float,
+                 negatives: CovisibleNegatives | None = None) -> None:
         if not (np.isfinite(fps) and fps > 0):
             raise ValueError(f"fps must be a positive frame rate, got {fps}")
         self.config = config or TrackerConfig()
         self.fps = float(fps)
+        self.negatives = negatives
         self._next_id = 1
         self.tracks: list[Track] = []
 
@@ -212,6 +218,10 @@ class Tracker:
         unmatched = list(range(len(boxes)))
         matches: list[tuple[int, int]] = []
         occluded = occlusion_fractions(boxes) > cfg.max_occlusion_for_update
+        veto, reactivation = cfg.max_appearance, cfg.reactivate_appearance
+        if self.negatives is not None:
+            veto = self.negatives.cap(veto, VETO_PERCENTILE)
+            reactivation = self.negatives.cap(reactivation, REACTIVATION_PERCENTILE)
 
         recent = [t for t in self.tracks if self._seconds_since_seen(t, frame_index) <= cfg.lost_after_s]
         lost = [t for t in self.tracks
@@ -225,7 +235,7 @@ class Tracker:
             if app.shape[1] == 0:
                 app = np.zeros_like(iou)
             cost = cfg.iou_weight * (1 - iou) + (1 - cfg.iou_weight) * app
-            cost[(iou < cfg.min_iou) | (app > cfg.max_appearance)] = np.inf
+            cost[(iou < cfg.min_iou) | (app > veto)] = np.inf
             for r, c in assign_finite(cost):
                 matches.append((recent[r].track_id, int(det[c])))
             used = {d for _, d in matches}
@@ -238,7 +248,7 @@ class Tracker:
             cost = app.copy()
             for i, track in enumerate(lost):
                 cost[i, ~self._reachable(track, boxes[det], frame_index)] = np.inf
-            cost[app > cfg.reactivate_appearance] = np.inf
+            cost[app > reactivation] = np.inf
             for r, c in assign_finite(cost):
                 logger.debug("frame %d: re-activated track %d at appearance distance %.3f", frame_index,
                              lost[r].track_id, app[r, c])
@@ -247,6 +257,8 @@ class Tracker:
             unmatched = [d for d in unmatched if d not in used]
 
         by_id = {t.track_id: t for t in self.tracks}
+        if self.negatives is not None and features is not None:
+            self._collect_negatives([(by_id[t], d) for t, d in matches], boxes, features)
         for track_id, d in matches:
             self._update(by_id[track_id], frame_index, boxes[d], float(scores[d]),
                          None if features is None or occluded[d] else features[d])
@@ -276,6 +288,19 @@ class Tracker:
             self.tracks.append(track)
             matches.append((track.track_id, d))
         return TrackerStep(matches, finished)
+
+    def _collect_negatives(self, matched: list[tuple[Track, int]], boxes: np.ndarray,
+                           features: np.ndarray) -> None:
+        """Distances of each matched track's running feature (before this frame's update) to the crops of the
+        other detections of this frame whose boxes do not touch its own: certainly other people."""
+        matched = [(track, d) for track, d in matched if track.feature is not None]
+        if not matched or len(boxes) < 2:
+            return
+        own = np.array([d for _, d in matched])
+        dist = pairwise_distances(np.stack([track.feature for track, _ in matched]), features, "cosine")
+        apart = iou_matrix(boxes[own], boxes) <= 0.0
+        apart[np.arange(len(own)), own] = False
+        self.negatives.add(dist[apart])
 
     def _reachable(self, track: Track, boxes: np.ndarray, frame_index: int) -> np.ndarray:
         """Could the person of a lost track have walked to each box since it was last seen?"""
