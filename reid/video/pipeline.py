@@ -7,7 +7,8 @@ if it was seen often enough to be a person rather than noise; the gallery answer
 in ``identities.txt`` and in the annotations. For a live stream that happens as each track ends. A file is
 processed offline once it is read: the tracklets are stitched (:mod:`reid.video.stitching`) and the gallery
 threshold is capped for this video by its co-visible track pairs (:mod:`reid.video.self_calibration`)
-before any track enters the gallery.
+before any track enters the gallery. The tracker's and the stitcher's appearance gates are capped the same
+way, by the different people the video shows at the same time (collected as it plays, for the tracker).
 """
 
 from __future__ import annotations
