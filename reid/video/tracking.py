@@ -116,14 +116,16 @@ class TrackerConfig:
 
     ``max_speed`` 0.8 heights/s is a walking-speed prior: about 1.4 m/s (comfortable gait speed, e.g.
     Bohannon, Age and Ageing 1997) for a person about 1.7 m tall. ``n_init``, ``max_age_s``,
-    ``lost_after_s``, ``min_iou`` and ``iou_weight`` were chosen in this project's first phase on PETS 2009
-    S2.L1 (10 fps, Faster R-CNN detections): in-sample for that footage. The published SORT / DeepSORT
+    ``lost_after_s``, ``min_iou``, ``iou_weight``, ``feature_momentum`` and ``max_occlusion_for_update`` were
+    chosen in this project's first phase on PETS 2009 S2.L1 (10 fps, Faster R-CNN detections): in-sample for
+    that footage. The published SORT / DeepSORT
     defaults (3 detections to confirm, IoU 0.3, about 1-2 s of age) assume a detection on every frame at
     ~30 fps, not one every 0.4 s as here. The appearance gates belong to the embedder (its ``appearance``
     thresholds, set by :func:`reid.video.pipeline.pipeline_config_for`): ``max_appearance`` is the median,
     ``reactivate_appearance`` the 5th percentile of the distances of a person's running feature to other
-    people's crops on held-out identities (:mod:`reid.video.separability`). The defaults here switch
-    appearance off: it never vetoes a match and never re-activates a lost track on its own."""
+    people's crops on held-out identities (:mod:`reid.video.separability`), and a :class:`Tracker` given
+    ``negatives`` lowers both to the same percentiles of the video's own. The defaults here switch appearance
+    off: it never vetoes a match and never re-activates a lost track on its own."""
 
     n_init: int = 5
     max_age_s: float = 6.0
