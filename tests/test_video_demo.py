@@ -173,3 +173,29 @@ def test_reader_starts_at_a_frame_and_keeps_the_source_numbering(tmp_path):
         assert [index for index, _ in reader] == [7]
     with pytest.raises(VideoSourceError, match="ends after 8 frames; cannot start at frame 9"):
         VideoReader(clip, start_frame=9)
+
+
+def test_a_live_source_stores_each_track_as_it_ends(tmp_path):
+    # A stream cannot be read twice: no stitching, and every track reaches the gallery while reading goes on.
+    from dataclasses import replace
+
+    from reid.video.detection import build_detector
+    from reid.video.pipeline import VideoToGallery, pipeline_config_for
+
+    reader = VideoReader(ROOT / "assets" / "vtest_clip.avi", max_frames=80)
+    reader.info = replace(reader.info, is_file=False)
+    stored_while_reading = []
+    with GalleryStore.open(tmp_path / "g", model_name=DEFAULT_EMBEDDER.model_name,
+                           feature_dim=DEFAULT_EMBEDDER.feature_dim) as store, reader:
+        config = pipeline_config_for(DEFAULT_EMBEDDER)
+        config = replace(config, tracker=replace(config.tracker, max_age_s=1.0))  # ends within the clip
+        pipeline = VideoToGallery(build_detector("ssdlite"), DEFAULT_EMBEDDER, store, camera_id=1,
+                                  config=config)
+
+        def on_frame(index, frame, live):
+            stored_while_reading.append(store.num_tracks)
+
+        result = pipeline.run(reader, on_frame=on_frame, progress=False)
+        assert result.frames_read == 80 and len(result.gallery_tracks) >= 2
+        assert max(stored_while_reading) >= 1  # a track was in the gallery before the stream stopped
+        assert store.num_tracks == len(result.gallery_tracks)

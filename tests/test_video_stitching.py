@@ -7,7 +7,7 @@ from test_video_tracking import colour_crop, majority_ids, run_tracker, walker_b
 from reid.evaluation.distance import pairwise_distances
 from reid.video.boxes import iou_matrix
 from reid.video.descriptor import APPEARANCE_THRESHOLDS, describe_crops
-from reid.video.self_calibration import covisible_distances, video_match_threshold
+from reid.video.self_calibration import StreamMatchThreshold, covisible_distances, video_match_threshold
 from reid.video.stitching import Endpoint, StitchConfig, endpoint, link_costs, merge_tracks, stitch_chains
 from reid.video.tracking import Tracker, TrackerConfig
 
@@ -189,3 +189,26 @@ def test_video_threshold_stays_below_the_closest_different_people(caplog):
     with caplog.at_level("WARNING"):
         assert video_match_threshold(spans[:3], feats[:3], ceiling=0.5, metric="cosine") == 0.5
     assert "only 3 pair(s)" in caplog.text and "--match-threshold" in caplog.text  # said, not silent
+
+
+def test_stream_threshold_is_the_video_threshold_of_the_tracks_ended_so_far():
+    rng = np.random.default_rng(2)
+    feats = rng.normal(size=(14, 8))
+    spans = [(int(s), int(s) + 40) for s in rng.integers(0, 100, 14)]
+    boxes = [{f: np.array([60.0 * i, 0, 30, 80]) for f in range(a, b + 1)} for i, (a, b) in enumerate(spans)]
+    stream = StreamMatchThreshold(metric="cosine", max_fpr=0.0, min_pairs=10)
+    for k in range(14):
+        got = stream.add(spans[k], feats[k], boxes[k], ceiling=5.0)
+        pairs = len(covisible_distances(spans[:k + 1], feats[:k + 1], metric="cosine", boxes=boxes[:k + 1]))
+        assert stream.pairs == pairs
+        if pairs < 10:
+            assert got is None  # too few to judge: the gallery's own threshold
+        else:
+            assert got == video_match_threshold(spans[:k + 1], feats[:k + 1], 5.0, metric="cosine",
+                                                max_fpr=0.0, boxes=boxes[:k + 1])
+    assert stream.pairs >= 10
+    # Only the latest `window` tracks count.
+    short = StreamMatchThreshold(metric="cosine", max_fpr=0.0, min_pairs=1, window=3)
+    for k in range(14):
+        short.add(spans[k], feats[k], boxes[k], ceiling=5.0)
+    assert short.pairs == len(covisible_distances(spans[-3:], feats[-3:], metric="cosine", boxes=boxes[-3:]))

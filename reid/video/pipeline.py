@@ -4,7 +4,8 @@ Detection is the expensive step, so it runs on every ``detect_every``-th frame o
 filters carry the boxes in between. Features and crop qualities are computed for detection frames only,
 in one batch per frame. A track that ends goes to the gallery with its best crops and its track-level feature
 if it was seen often enough to be a person rather than noise; the gallery answers with the identity id used
-in ``identities.txt`` and in the annotations. For a live stream that happens as each track ends. A file is
+in ``identities.txt`` and in the annotations. For a live stream that happens as each track ends, under the
+gallery threshold capped by the co-visible pairs among the tracks ended so far. A file is
 processed offline once it is read: the tracklets are stitched (:mod:`reid.video.stitching`) and the gallery
 threshold is capped for this video by its co-visible track pairs (:mod:`reid.video.self_calibration`)
 before any track enters the gallery. The tracker's and the stitcher's appearance gates are capped the same
@@ -30,8 +31,10 @@ from reid.video.reader import VideoInfo, VideoReader, VideoStallError
 from reid.video.self_calibration import (
     MIN_COVISIBLE_PAIRS,
     CovisibleNegatives,
+    StreamMatchThreshold,
     covisible_distances,
     video_match_threshold,
+    warn_uncapped,
 )
 from reid.video.separability import REACTIVATION_PERCENTILE, VETO_PERCENTILE
 from reid.video.stitching import StitchConfig, merge_tracks, stitch_chains
@@ -180,6 +183,9 @@ class VideoToGallery:
         # A file is over when it ends, so its tracklets can be stitched and its tracks compared before they
         # enter the gallery; a live stream gets online tracks, each stored as it ends.
         offline = info.is_file
+        stream = None
+        if not offline and self.config.covisible_max_fpr is not None:
+            stream = StreamMatchThreshold(metric=self.store.metric, max_fpr=self.config.covisible_max_fpr)
         pending: list[tuple[Track, TrackEvidence | None]] = []
         start = time.perf_counter()
         remaining = None if info.num_frames is None else max(0, info.num_frames - reader.start_frame)
@@ -196,7 +202,7 @@ class VideoToGallery:
                     if offline:
                         pending.append((track, evidence.pop(track.track_id, None)))
                     else:
-                        self._finish(track, evidence.pop(track.track_id, None), result)
+                        self._finish_live(track, evidence.pop(track.track_id, None), result, stream)
                 if len(evidence) > len(tracker.tracks):  # tentative tracks the tracker dropped
                     live = {t.track_id for t in tracker.tracks}
                     for track_id in evidence.keys() - live:
@@ -216,13 +222,17 @@ class VideoToGallery:
                         negatives.cap(gates.reactivate_appearance, REACTIVATION_PERCENTILE),
                         gates.reactivate_appearance)
         pending += [(track, evidence.pop(track.track_id, None)) for track in tracker.finish_all()]
-        threshold = None
         if offline:
             if self.config.stitch is not None:
                 pending = self._stitch(pending, (info.width, info.height), info.fps)
             threshold = self._video_threshold(pending)
-        for track, bank in pending:
-            self._finish(track, bank, result, threshold)
+            for track, bank in pending:
+                self._finish(track, bank, result, threshold)
+        else:
+            for track, bank in pending:
+                self._finish_live(track, bank, result, stream)
+            if stream is not None and result.gallery_tracks and stream.pairs < stream.min_pairs:
+                warn_uncapped(stream.pairs, stream.min_pairs, self.store.match_threshold)
         result.seconds = time.perf_counter() - start
         return result
 
@@ -302,6 +312,17 @@ class VideoToGallery:
         boxes = [{frame: box for frame, box, _ in track.observations} for track, _ in kept]
         return video_match_threshold(spans, features, self.store.match_threshold, metric=self.store.metric,
                                      max_fpr=self.config.covisible_max_fpr, boxes=boxes)
+
+    def _finish_live(self, track: Track, bank: TrackEvidence | None, result: VideoRunResult,
+                     stream: StreamMatchThreshold | None) -> None:
+        """A stream's track, stored as it ends, under the threshold capped by the co-visible pairs among the
+        tracks ended so far (:class:`reid.video.self_calibration.StreamMatchThreshold`)."""
+        threshold = None
+        if stream is not None and self._enters_gallery(track, bank):
+            threshold = stream.add((track.first_frame, track.observations[-1][0]), bank.track_feature(),
+                                   {frame: box for frame, box, _ in track.observations},
+                                   self.store.match_threshold)
+        self._finish(track, bank, result, threshold)
 
     def _finish(self, track: Track, bank: TrackEvidence | None, result: VideoRunResult,
                 match_threshold: float | None = None) -> None:

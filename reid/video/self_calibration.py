@@ -75,20 +75,53 @@ def video_match_threshold(spans: Sequence[tuple[int, int]], features: np.ndarray
     ``min_pairs`` such pairs to measure. ``boxes``: see :func:`covisible_distances`."""
     negatives = covisible_distances(spans, features, metric=metric, boxes=boxes)
     if len(negatives) < min_pairs:
-        logger.warning("only %d pair(s) of tracks seen apart at the same time (%d needed): the gallery "
-                       "threshold %.4f, calibrated on the model's training data, is not checked against this "
-                       "footage; if different people merge here, set --match-threshold lower",
-                       len(negatives), min_pairs, ceiling)
+        warn_uncapped(len(negatives), min_pairs, ceiling)
         return float(ceiling)
-    # The largest distance that at most max_fpr of the negatives reach (the FPR target of
-    # reid.gallery.calibration.calibrate_threshold; only the negatives matter for it).
-    negatives = np.sort(negatives)
-    within = np.searchsorted(negatives, negatives, side="right") <= max_fpr * len(negatives)
-    cut = float(negatives[within][-1]) if within.any() else float(np.nextafter(negatives[0], -np.inf))
-    threshold = min(float(ceiling), cut)
+    threshold = capped_threshold(negatives, ceiling, max_fpr)
     logger.info("match threshold for this video %.4f (gallery %.4f; %d co-visible pairs, median %.4f)",
                 threshold, ceiling, len(negatives), float(np.median(negatives)))
     return threshold
+
+
+def capped_threshold(negatives: np.ndarray, ceiling: float, max_fpr: float) -> float:
+    """``ceiling`` lowered to the largest distance that at most ``max_fpr`` of the ``negatives`` reach (the
+    FPR target of :func:`reid.gallery.calibration.calibrate_threshold`; only the negatives matter for it)."""
+    negatives = np.sort(np.asarray(negatives, dtype=np.float64))
+    within = np.searchsorted(negatives, negatives, side="right") <= max_fpr * len(negatives)
+    cut = float(negatives[within][-1]) if within.any() else float(np.nextafter(negatives[0], -np.inf))
+    return min(float(ceiling), cut)
+
+
+def warn_uncapped(pairs: int, min_pairs: int, ceiling: float) -> None:
+    logger.warning("only %d pair(s) of tracks seen apart at the same time (%d needed): the gallery "
+                   "threshold %.4f, calibrated on the model's training data, is not checked against this "
+                   "footage; if different people merge here, set --match-threshold lower",
+                   pairs, min_pairs, ceiling)
+
+
+class StreamMatchThreshold:
+    """:func:`video_match_threshold` for a live stream, whose tracks go to the gallery one by one as they
+    end: the cap comes from the co-visible pairs among the tracks that have ended so far (the latest
+    ``window``), and is None (the gallery's own threshold) until ``min_pairs`` of them are in."""
+
+    def __init__(self, *, metric: str, max_fpr: float, min_pairs: int = MIN_COVISIBLE_PAIRS,
+                 window: int = 200) -> None:
+        self.metric, self.max_fpr, self.min_pairs = metric, float(max_fpr), int(min_pairs)
+        self._tracks: deque[tuple[tuple[int, int], np.ndarray, Mapping[int, np.ndarray]]] = deque(
+            maxlen=int(window))
+        self.pairs = 0
+        """Co-visible pairs among the tracks recorded so far (within the window)."""
+
+    def add(self, span: tuple[int, int], feature: np.ndarray, boxes: Mapping[int, np.ndarray],
+            ceiling: float) -> float | None:
+        """Record an ended track; the threshold for it (None: too few pairs yet, use the gallery's)."""
+        self._tracks.append((span, np.asarray(feature, np.float32), boxes))
+        spans, features, box_maps = zip(*self._tracks, strict=True)
+        negatives = covisible_distances(spans, np.stack(features), metric=self.metric, boxes=box_maps)
+        self.pairs = len(negatives)
+        if len(negatives) < self.min_pairs:
+            return None
+        return capped_threshold(negatives, ceiling, self.max_fpr)
 
 
 class CovisibleNegatives:
