@@ -80,6 +80,10 @@ def test_quality_prefers_sharp_big_unoccluded_inside():
     assert q[0] > q[1]  # sharpness
     assert q[0] > q[2]  # size
     assert q[0] > q[3]  # truncated by the left border
+    # A box as wide as it is tall (two people side by side) counts half of the same crop in a person's shape.
+    wide = crop_quality([sharp, sharp], np.array([[100, 100, 40, 100], [300, 100, 100, 100]], float),
+                        np.ones(2), (480, 640, 3))
+    assert wide[1] == pytest.approx(0.5 * wide[0])
     assert ((q >= 0) & (q <= 1)).all()
     # The box behind (higher bottom edge is further away) is occluded by the one in front, not vice versa.
     occ = occlusion_fractions(np.array([[0, 0, 10, 20], [5, 5, 10, 20]], float))
