@@ -116,9 +116,13 @@ def test_corrupt_file_fails_naming_it_or_is_skipped_and_counted(tmp_path):
 def test_corrupt_file_error_survives_worker_processes(tmp_path):
     records = write_images(tmp_path / "imgs", num_ids=3, per_id=2)
     corrupt(records[1])
+    loader = build_train_loader(config("data.num_workers=1"), records)
+    loader.batch_sampler.set_epoch(0)
+    batches = iter(loader)
     with pytest.raises(CorruptImageError, match=records[1].path.split("/")[-1]):
-        for _ in epoch_batches(build_train_loader(config("data.num_workers=1"), records), 0):
+        for _ in batches:
             pass
+    batches._shutdown_workers()  # torch's clean-up, at once (left to garbage collection it waits 5 s)
 
 
 def test_all_unreadable_is_an_error(tmp_path):
