@@ -38,7 +38,7 @@ from reid.shipped import DEFAULT_MODEL, SHIPPED_CHECKPOINT
 from reid.utils.io import atomic_torch_save, atomic_write_json, atomic_write_text, file_sha256, staged_folder
 from reid.video.detection import DetectorUnavailableError
 from reid.video.mot_io import MotFormatError, read_mot_file
-from reid.video.reader import VideoReader, VideoSourceError
+from reid.video.reader import VideoReader, VideoSourceError, frames_in
 
 PIPELINE_DIR = "pipeline"
 OUTPUT_NAMES = frozenset({"model.pt", "model_card.md", "adapt.json", PIPELINE_DIR})
@@ -164,7 +164,7 @@ def adapt_to_tracks(
     tracklets, images, footage = [], {}, []
     for camera, (video, tracks) in enumerate(zip(args.footage, tracks_files, strict=True)):
         with VideoReader(video) as reader:
-            every = args.every or max(1, round(CROP_INTERVAL_S * reader.info.fps))
+            every = args.every or frames_in(CROP_INTERVAL_S, reader.info.fps)
         mined = mine_tracklets(
             read_mot_file(tracks),
             camera=camera,

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+SIMILAR_HEIGHT = 1.5
+"""Two boxes of one person, seen a little apart in time or by two detector views, differ in height by less
+than this factor (the tracker's re-find gate, the detector's whole-frame merge)."""
+
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box in ``a`` with every box in ``b`` (xywh), shape (len(a), len(b))."""

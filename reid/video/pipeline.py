@@ -27,12 +27,13 @@ from reid.video.crop_bank import TrackEvidence
 from reid.video.detection import Detections, Detector
 from reid.video.embedder import Embedder
 from reid.video.quality import QualityConfig, crop_quality
-from reid.video.reader import VideoInfo, VideoReader, VideoStallError
+from reid.video.reader import VideoInfo, VideoReader, VideoStallError, frames_in
 from reid.video.self_calibration import (
     MIN_COVISIBLE_PAIRS,
     CovisibleNegatives,
     StreamMatchThreshold,
     covisible_distances,
+    percentile_cap,
     video_match_threshold,
     warn_uncapped,
 )
@@ -88,7 +89,7 @@ def detection_stride(config: PipelineConfig, fps: float) -> int:
     """The config's ``detect_every``, else the frames in :data:`DETECTION_INTERVAL_S` at ``fps`` (>= 1)."""
     if config.detect_every is not None:
         return config.detect_every
-    return max(1, round(DETECTION_INTERVAL_S * fps))
+    return frames_in(DETECTION_INTERVAL_S, fps)
 
 
 def pipeline_config_for(embedder: Embedder, **overrides) -> PipelineConfig:
@@ -286,13 +287,12 @@ class VideoToGallery:
         pairs (certainly different people; only pairs whose boxes never touch)."""
         rows = [i for i, (_, bank) in enumerate(finished) if bank is not None and len(bank)]
         tracks = [finished[i][0] for i in rows]
-        negatives = covisible_distances([(t.first_frame, t.observations[-1][0]) for t in tracks],
-                                        features[rows], metric="cosine",
-                                        boxes=[{f: box for f, box, _ in t.observations} for t in tracks])
+        negatives = covisible_distances([t.span for t in tracks], features[rows], metric="cosine",
+                                        boxes=[t.boxes_by_frame() for t in tracks])
         gate = self.config.stitch.max_appearance
         if len(negatives) < MIN_COVISIBLE_PAIRS:
             return self.config.stitch
-        capped = min(gate, float(np.percentile(negatives, VETO_PERCENTILE)))
+        capped = percentile_cap(negatives, gate, VETO_PERCENTILE)
         logger.info("stitching gate from %d co-visible tracklet pairs of this video: %.3f (model %.3f)",
                     len(negatives), capped, gate)
         return replace(self.config.stitch, max_appearance=capped)
@@ -307,9 +307,9 @@ class VideoToGallery:
         kept = [(track, bank) for track, bank in finished if self._enters_gallery(track, bank)]
         if not kept:
             return None
-        spans = [(track.first_frame, track.observations[-1][0]) for track, _ in kept]
+        spans = [track.span for track, _ in kept]
         features = np.stack([bank.track_feature() for _, bank in kept])
-        boxes = [{frame: box for frame, box, _ in track.observations} for track, _ in kept]
+        boxes = [track.boxes_by_frame() for track, _ in kept]
         return video_match_threshold(spans, features, self.store.match_threshold, metric=self.store.metric,
                                      max_fpr=self.config.covisible_max_fpr, boxes=boxes)
 
@@ -319,14 +319,13 @@ class VideoToGallery:
         tracks ended so far (:class:`reid.video.self_calibration.StreamMatchThreshold`)."""
         threshold = None
         if stream is not None and self._enters_gallery(track, bank):
-            threshold = stream.add((track.first_frame, track.observations[-1][0]), bank.track_feature(),
-                                   {frame: box for frame, box, _ in track.observations},
+            threshold = stream.add(track.span, bank.track_feature(), track.boxes_by_frame(),
                                    self.store.match_threshold)
         self._finish(track, bank, result, threshold)
 
     def _finish(self, track: Track, bank: TrackEvidence | None, result: VideoRunResult,
                 match_threshold: float | None = None) -> None:
-        rows = track_rows(track, round(self.config.max_interpolation_gap_s * result.info.fps))
+        rows = track_rows(track, frames_in(self.config.max_interpolation_gap_s, result.info.fps))
         if not self._enters_gallery(track, bank):
             result.tracks.append(FinishedTrack(track.track_id, None, False, None, rows, []))
             return

@@ -24,6 +24,12 @@ DEFAULT_FPS = 25.0
 MIN_FRAME_SIDE = 16
 
 
+def frames_in(seconds: float, fps: float) -> int:
+    """Whole frames in ``seconds`` of video at ``fps`` (at least 1): how settings given in seconds, so that
+    they mean the same at any frame rate, become frame counts."""
+    return max(1, round(seconds * fps))
+
+
 class VideoSourceError(ValueError):
     """The source cannot be opened or decoded, or it holds no usable frame."""
 

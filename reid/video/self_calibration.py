@@ -124,6 +124,12 @@ class StreamMatchThreshold:
         return capped_threshold(negatives, ceiling, self.max_fpr)
 
 
+def percentile_cap(negatives: np.ndarray, gate: float, percentile: float) -> float:
+    """``gate``, or the ``percentile`` of this footage's different-person distances when that is lower: the
+    rule of the model's gates (:mod:`reid.video.separability`) applied to the footage's own pairs."""
+    return min(gate, float(np.percentile(negatives, percentile)))
+
+
 class CovisibleNegatives:
     """A running sample of this footage's certainly-different-person distances, at the level of the tracker:
     a track's running feature against the crop of another person detected in the same frame whose box does
@@ -153,4 +159,4 @@ class CovisibleNegatives:
         """``gate``, or the ``percentile`` of the distances seen so far if lower (once enough are in)."""
         if len(self._values) < self.min_count:
             return gate
-        return min(gate, float(np.percentile(self.distances(), percentile)))
+        return percentile_cap(self.distances(), gate, percentile)

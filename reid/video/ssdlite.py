@@ -35,7 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from reid.video.boxes import intersection_over_area
+from reid.video.boxes import SIMILAR_HEIGHT, intersection_over_area
 from reid.video.detection import Detections, DetectorUnavailableError, _finalize
 
 DEFAULT_MODEL_PATH = (
@@ -54,8 +54,6 @@ DEFAULT_MIN_SCORE = 0.3
 # A tile is never smaller than half the network input along an axis (at most 2x upscaling): a small frame
 # gets fewer tiles, down to one tile that is the whole frame.
 MIN_TILE = INPUT_SIZE // 2
-# Two boxes of one person differ in height by less than this factor (the tracker's re-find gate too).
-SIMILAR_HEIGHT = 1.5
 
 
 def layer_box_specs(num_layers: int = len(FEATURE_MAP_SIZES), *, min_scale: float = MIN_SCALE,

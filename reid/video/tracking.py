@@ -27,7 +27,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from reid.evaluation.distance import pairwise_distances
-from reid.video.boxes import iou_matrix
+from reid.video.boxes import SIMILAR_HEIGHT, iou_matrix
 from reid.video.quality import occlusion_fractions
 from reid.video.self_calibration import CovisibleNegatives
 from reid.video.separability import REACTIVATION_PERCENTILE, VETO_PERCENTILE
@@ -115,17 +115,17 @@ class TrackerConfig:
     else, and would drag the feature towards them).
 
     ``max_speed`` 0.8 heights/s is a walking-speed prior: about 1.4 m/s (comfortable gait speed, e.g.
-    Bohannon, Age and Ageing 1997) for a person about 1.7 m tall. ``n_init``, ``max_age_s``,
-    ``lost_after_s``, ``min_iou``, ``iou_weight``, ``feature_momentum`` and ``max_occlusion_for_update`` were
-    chosen in this project's first phase on PETS 2009 S2.L1 (10 fps, Faster R-CNN detections): in-sample for
-    that footage. The published SORT / DeepSORT
-    defaults (3 detections to confirm, IoU 0.3, about 1-2 s of age) assume a detection on every frame at
-    ~30 fps, not one every 0.4 s as here. The appearance gates belong to the embedder (its ``appearance``
-    thresholds, set by :func:`reid.video.pipeline.pipeline_config_for`): ``max_appearance`` is the median,
-    ``reactivate_appearance`` the 5th percentile of the distances of a person's running feature to other
-    people's crops on held-out identities (:mod:`reid.video.separability`), and a :class:`Tracker` given
-    ``negatives`` lowers both to the same percentiles of the video's own. The defaults here switch appearance
-    off: it never vetoes a match and never re-activates a lost track on its own."""
+    Bohannon, Age and Ageing 1997) for a person about 1.7 m tall. ``n_init``, ``max_age_s``, ``lost_after_s``,
+    ``min_iou``, ``iou_weight``, ``feature_momentum`` and ``max_occlusion_for_update`` were chosen in this
+    project's first phase on PETS 2009 S2.L1 (10 fps, Faster R-CNN detections): in-sample for that footage.
+    The published SORT / DeepSORT defaults (3 detections to confirm, IoU 0.3, about 1-2 s of age) assume a
+    detection on every frame at ~30 fps, not one every 0.4 s as here. The appearance gates belong to the
+    embedder (its ``appearance`` thresholds, set by :func:`reid.video.pipeline.pipeline_config_for`):
+    ``max_appearance`` is the median, ``reactivate_appearance`` the 5th percentile of the distances of a
+    person's running feature to other people's crops on held-out identities (:mod:`reid.video.separability`),
+    and a :class:`Tracker` given ``negatives`` lowers both to the same percentiles of the video's own. The
+    defaults here switch appearance off: it never vetoes a match and never re-activates a lost track on its
+    own."""
 
     n_init: int = 5
     max_age_s: float = 6.0
@@ -159,6 +159,15 @@ class Track:
     @property
     def first_frame(self) -> int:
         return self.observations[0][0]
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """First and last frame with a matched detection."""
+        return self.observations[0][0], self.observations[-1][0]
+
+    def boxes_by_frame(self) -> dict[int, np.ndarray]:
+        """Frame -> x, y, w, h of every matched detection (what the co-visibility checks compare)."""
+        return {frame: box for frame, box, _ in self.observations}
 
 
 @dataclass(frozen=True)
@@ -311,7 +320,8 @@ class Tracker:
         centres = boxes[:, :2] + boxes[:, 2:] / 2
         reach = last_box[3] * (0.5 + self.config.max_speed * self._seconds_since_seen(track, frame_index))
         scale = boxes[:, 3] / last_box[3]
-        return (np.linalg.norm(centres - centre, axis=1) <= reach) & (scale > 0.67) & (scale < 1.5)
+        similar = (scale > 1.0 / SIMILAR_HEIGHT) & (scale < SIMILAR_HEIGHT)
+        return (np.linalg.norm(centres - centre, axis=1) <= reach) & similar
 
     def _observe(self, track: Track, frame_index: int, box: np.ndarray, score: float,
                  feature: np.ndarray | None) -> None:
