@@ -1,7 +1,9 @@
 """MOTChallenge parsing and the identity / CLEAR-MOT scores, checked on hand-made cases."""
 
+import importlib.util
 import itertools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +11,15 @@ import pytest
 from reid.video.boxes import iou_matrix, nms
 from reid.video.mot_io import MotFormatError, MotTable, format_mot_rows, read_mot_file, write_mot_results
 from reid.video.mot_metrics import clear_mot_scores, identity_purity, identity_scores
+
+
+def load_eval_mot():
+    """tools/eval_mot.py as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "eval_mot", Path(__file__).resolve().parents[1] / "tools" / "eval_mot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def table(rows):
@@ -149,13 +160,7 @@ def test_nms_matches_brute_force():
 
 
 def test_eval_mot_combines_runs_over_parts_of_one_video(tmp_path, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "eval_mot", Path(__file__).resolve().parents[1] / "tools" / "eval_mot.py")
-    eval_mot = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(eval_mot)
+    eval_mot = load_eval_mot()
     write_mot_results(tmp_path / "gt.txt", [(f, 1, 0, 0, 10, 20, 1) for f in range(10)])
     write_mot_results(tmp_path / "cam1.txt", [(f, 4, 0, 0, 10, 20, 1) for f in range(5)])
     write_mot_results(tmp_path / "cam2.txt", [(f, 4, 0, 0, 10, 20, 1) for f in range(5, 10)])
@@ -174,3 +179,15 @@ def test_eval_mot_combines_runs_over_parts_of_one_video(tmp_path, capsys):
     assert eval_mot.main(["--gt", str(tmp_path / "gt.txt"), "--combine", str(tmp_path / "cam1.txt"),
                           str(tmp_path / "cam1.txt")]) == 2
     assert "both have frame 1" in capsys.readouterr().err
+
+
+def test_eval_mot_ignores_ground_truth_rows_marked_not_to_consider(tmp_path, capsys):
+    """Gt rows whose 7th column is 0 (outside the scored area) count neither as misses nor as people."""
+    eval_mot = load_eval_mot()
+    write_mot_results(tmp_path / "gt.txt", [(f, 1, 0, 0, 10, 20, 1) for f in range(10)]
+                      + [(f, 2, 50, 0, 10, 20, 0) for f in range(10)])
+    write_mot_results(tmp_path / "pred.txt", [(f, 7, 0, 0, 10, 20, 1) for f in range(10)])
+    assert eval_mot.main(["--gt", str(tmp_path / "gt.txt"), "--json", str(tmp_path / "pred.txt")]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["idf1"] == pytest.approx(1.0) and scores["mota"] == pytest.approx(1.0)
+    assert scores["num_gt_ids"] == 1
